@@ -1,0 +1,146 @@
+"""`create_app()`: assembles settings, plugins, routes, middleware and exception handlers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from advanced_alchemy.extensions.litestar import (
+    AlembicAsyncConfig,
+    AsyncSessionConfig,
+    EngineConfig,
+    SQLAlchemyAsyncConfig,
+    SQLAlchemyPlugin,
+)
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins import CLIPluginProtocol, InitPluginProtocol
+from litestar_granian import GranianPlugin
+
+from app.config.settings import Settings, get_settings
+from app.domain.health.controllers import HealthController
+from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
+from app.domain.keys.services import ApiKeyService
+from app.domain.sessions.cache import SessionCache
+from app.domain.sessions.controllers import SessionController
+from app.domain.sessions.keys import CONTROL_CHANNEL
+from app.domain.sessions.services import SessionInfra
+from app.lib import migrations
+from app.lib.problems import exception_handlers
+from app.lib.valkey.control import ControlChannel
+from app.lib.valkey.event_log import EventLog
+from app.lib.valkey.lease import RunLease
+from app.lib.valkey.lock import DistributedLock
+from app.lib.valkey.plugin import ValkeyPlugin, ValkeyPluginConfig
+from app.lib.valkey.versioned_cache import VersionedCache
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MAX_BODY_BYTES = 1024 * 1024
+PUBLIC_PATHS = ["^/health/", "^/docs", "^/metrics", "^/schema"]
+
+
+class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
+    """Wires the domains: shared state, startup work and our CLI commands."""
+
+    def __init__(self, settings: Settings, alchemy: SQLAlchemyAsyncConfig, valkey: ValkeyPlugin) -> None:
+        self.settings = settings
+        self.alchemy = alchemy
+        self.valkey = valkey
+
+    def on_cli_init(self, cli: object) -> None:
+        from app.domain.keys.cli import keys_group
+
+        cli.add_command(keys_group)  # type: ignore[attr-defined]
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        settings = self.settings
+        clients = self.valkey.clients
+        infra = SessionInfra(
+            cache=SessionCache(VersionedCache(clients.main, ttl=settings.sessions.cache_ttl)),
+            lock=DistributedLock(clients.main, ttl_ms=settings.sessions.lock_ttl_ms, timeout=settings.sessions.lock_timeout),
+            lease=RunLease(clients.main, ttl_ms=settings.runs.lease_ttl_ms),
+            events=EventLog(clients.main, clients.blocking),
+            control=ControlChannel(clients.main, clients.blocking, CONTROL_CHANNEL),
+        )
+        app_config.state.update(
+            {
+                "settings": settings,
+                "alchemy_config": self.alchemy,
+                "authenticator": ApiKeyAuthenticator(self.alchemy, settings.app.auth_cache_ttl),
+                "session_infra": infra,
+            }
+        )
+        app_config.on_startup.insert(0, self.prepare_database)
+        return app_config
+
+    async def prepare_database(self) -> None:
+        if self.settings.db.migrate_on_startup:
+            await migrations.upgrade(self.alchemy)
+        if self.settings.app.api_key:
+            async with self.alchemy.get_session() as db:
+                await ApiKeyService(session=db).ensure_bootstrap(self.settings.app.api_key)
+
+
+def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
+    return SQLAlchemyAsyncConfig(
+        connection_string=settings.db.async_url,
+        before_send_handler="autocommit",
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        engine_config=EngineConfig(
+            pool_size=settings.db.pool_size,
+            max_overflow=settings.db.max_overflow,
+            pool_pre_ping=True,
+            pool_timeout=settings.db.connect_timeout,
+            echo=settings.db.echo,
+            connect_args={"timeout": settings.db.connect_timeout, "command_timeout": settings.db.command_timeout},
+        ),
+        alembic_config=AlembicAsyncConfig(
+            script_location=str(MIGRATIONS_DIR),
+            version_table_name="alembic_version",
+        ),
+        create_all=False,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    if not settings.db.url or not settings.valkey.url:
+        # The CLI starts embedded servers and sets both; a bare import (e.g. docs tooling) gets placeholders.
+        logger.debug("DATABASE_URL or VALKEY_URL unset: the app will fail at startup unless started by `agent-api run`")
+    alchemy = build_alchemy_config(settings)
+    valkey = ValkeyPlugin(
+        ValkeyPluginConfig(
+            url=settings.valkey.url or "redis://127.0.0.1:6379/0",
+            socket_timeout=settings.valkey.socket_timeout,
+            connect_timeout=settings.valkey.connect_timeout,
+            max_connections=settings.valkey.max_connections,
+        )
+    )
+    return Litestar(
+        route_handlers=[HealthController, SessionController],
+        plugins=[SQLAlchemyPlugin(config=alchemy), valkey, AgentApiPlugin(settings, alchemy, valkey), GranianPlugin()],
+        middleware=[DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)],
+        exception_handlers=exception_handlers(),
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="Agent API",
+            version="1.0.0",
+            description="Runs Claude agent sessions for REST and Server-Sent-Events clients.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/")],
+            components=Components(
+                security_schemes={
+                    "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                    "Bearer": SecurityScheme(type="http", scheme="bearer"),
+                }
+            ),
+            security=[{"ApiKey": []}, {"Bearer": []}],
+        ),
+        debug=settings.app.debug,
+    )

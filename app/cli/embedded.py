@@ -1,0 +1,54 @@
+"""Before the CLI runs a command that needs them: start embedded servers for unset URLs, and for
+`run` make sure a key exists to call the API with."""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+import click
+
+from app.config.settings import get_settings
+from app.domain.keys.hashing import generate_key
+from app.lib.embedded import EmbeddedValkey, embedded_postgres_url
+
+
+def prepare_environment(command: str) -> None:
+    settings = get_settings()
+    data_dir = settings.app.data_dir.resolve()
+    started: list[str] = []
+    if not settings.db.url:
+        url, _server = embedded_postgres_url(data_dir / "postgres")
+        os.environ["DATABASE_URL"] = url
+        started.append(f"PostgreSQL (embedded, data in {data_dir / 'postgres'})")
+    if command == "run" and not settings.valkey.url:
+        valkey = EmbeddedValkey(data_dir / "valkey")
+        os.environ["VALKEY_URL"] = valkey.start()
+        atexit.register(valkey.stop)
+        started.append(f"Valkey (embedded, {os.environ['VALKEY_URL']})")
+    if command == "run" and not settings.api_key_is_set():
+        # A fresh development key each start; only its hash reaches the database (as the bootstrap key).
+        os.environ["API_KEY"] = generate_key()
+        _announce_dev_key(os.environ["API_KEY"])
+    get_settings.cache_clear()
+    for line in started:
+        click.echo(f"agent-api: started {line}", err=True)
+
+
+def _announce_dev_key(key: str) -> None:
+    host = os.environ.get("LITESTAR_HOST", "127.0.0.1")
+    port = os.environ.get("LITESTAR_PORT", "8000")
+    click.echo(
+        "\n".join(
+            [
+                "",
+                "agent-api: no API_KEY set, so this development key was made for this run:",
+                f"    {key}",
+                f"  Docs:  http://{host}:{port}/docs",
+                f"  Try:   curl -H 'X-API-Key: {key}' http://{host}:{port}/api/v1/sessions",
+                "  Set API_KEY (or create keys with `agent-api keys create --name NAME`) for a stable key.",
+                "",
+            ]
+        ),
+        err=True,
+    )

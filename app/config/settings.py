@@ -1,0 +1,113 @@
+"""Settings as small dataclasses loaded from the environment (and `.env`).
+
+Every setting is listed with its default in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(_env(name, str(default)))
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    return _env(name, "true" if default else "false").lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = field(default_factory=lambda: _env("DATABASE_URL", ""))
+    pool_size: int = field(default_factory=lambda: _env_int("DATABASE_POOL_SIZE", 10))
+    max_overflow: int = field(default_factory=lambda: _env_int("DATABASE_MAX_OVERFLOW", 10))
+    connect_timeout: float = field(default_factory=lambda: _env_float("DATABASE_CONNECT_TIMEOUT", 3.0))
+    command_timeout: float = field(default_factory=lambda: _env_float("DATABASE_COMMAND_TIMEOUT", 10.0))
+    migrate_on_startup: bool = field(default_factory=lambda: _env_bool("DATABASE_MIGRATE_ON_STARTUP", True))
+    echo: bool = field(default_factory=lambda: _env_bool("DATABASE_ECHO", False))
+
+    @property
+    def async_url(self) -> str:
+        """The URL in SQLAlchemy's asyncpg form, whatever scheme the operator used."""
+        url = self.url
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        return url
+
+
+@dataclass(frozen=True)
+class ValkeySettings:
+    url: str = field(default_factory=lambda: _env("VALKEY_URL", ""))
+    socket_timeout: float = field(default_factory=lambda: _env_float("VALKEY_SOCKET_TIMEOUT", 2.0))
+    connect_timeout: float = field(default_factory=lambda: _env_float("VALKEY_CONNECT_TIMEOUT", 1.0))
+    max_connections: int = field(default_factory=lambda: _env_int("VALKEY_MAX_CONNECTIONS", 2000))
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    cache_ttl: int = field(default_factory=lambda: _env_int("SESSION_CACHE_TTL", 7200))
+    lock_ttl_ms: int = field(default_factory=lambda: _env_int("SESSION_LOCK_TTL_MS", 5000))
+    lock_timeout: float = field(default_factory=lambda: _env_float("SESSION_LOCK_TIMEOUT", 5.0))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    lease_ttl_ms: int = field(default_factory=lambda: _env_int("RUN_LEASE_TTL_MS", 30000))
+    lease_renew_interval: float = field(default_factory=lambda: _env_float("RUN_LEASE_RENEW_INTERVAL", 10.0))
+    reaper_interval: float = field(default_factory=lambda: _env_float("RUN_REAPER_INTERVAL", 5.0))
+    events_ttl: int = field(default_factory=lambda: _env_int("RUN_EVENTS_TTL", 3600))
+    interrupt_ttl: int = field(default_factory=lambda: _env_int("RUN_INTERRUPT_TTL", 300))
+    ping_interval: float = field(default_factory=lambda: _env_float("SSE_PING_INTERVAL", 15.0))
+    shutdown_grace: float = field(default_factory=lambda: _env_float("RUN_SHUTDOWN_GRACE", 10.0))
+    answer_timeout: float = field(default_factory=lambda: _env_float("RUN_ANSWER_TIMEOUT", 5.0))
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    api_key: str = field(default_factory=lambda: _env("API_KEY", ""))
+    agent_backend: str = field(default_factory=lambda: _env("AGENT_BACKEND", "demo"))
+    anthropic_api_key: str = field(default_factory=lambda: _env("ANTHROPIC_API_KEY", ""))
+    instance_id: str = field(default_factory=lambda: _env("INSTANCE_ID", f"{socket.gethostname()}-{os.getpid()}"))
+    rate_limit_per_minute: int = field(default_factory=lambda: _env_int("RATE_LIMIT_PER_MINUTE", 0))
+    data_dir: Path = field(default_factory=lambda: Path(_env("AGENT_API_DATA_DIR", ".data")))
+    debug: bool = field(default_factory=lambda: _env_bool("LITESTAR_DEBUG", False))
+    auth_cache_ttl: float = field(default_factory=lambda: _env_float("AUTH_CACHE_TTL", 30.0))
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: AppSettings = field(default_factory=AppSettings)
+    db: DatabaseSettings = field(default_factory=DatabaseSettings)
+    valkey: ValkeySettings = field(default_factory=ValkeySettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+    runs: RunSettings = field(default_factory=RunSettings)
+
+    def api_key_is_set(self) -> bool:
+        return bool(self.app.api_key)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        load_dotenv(override=False)
+        return cls()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings.from_env()

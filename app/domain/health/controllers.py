@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from sqlalchemy import text
+
+from app.lib.valkey.client import ValkeyClients
+
+CHECK_TIMEOUT = 2.0
+
+
+class Live(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct):
+    status: str
+    checks: dict[str, dict[str, Any]]
+
+
+async def _timed(check: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(check(), CHECK_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - any failure means "down" here
+        return {"status": "down", "error": type(exc).__name__, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["Health"]
+    include_in_schema = True
+
+    @get("/live", summary="Liveness", exclude_from_auth=True)
+    async def live(self) -> Live:
+        return Live(status="ok")
+
+    @get("/ready", summary="Readiness: Postgres and Valkey", exclude_from_auth=True)
+    async def ready(self, state: State) -> Response[Ready]:
+        alchemy: SQLAlchemyAsyncConfig = state["alchemy_config"]
+        clients: ValkeyClients = state["valkey_clients"]
+
+        async def postgres() -> None:
+            async with alchemy.get_engine().connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        async def valkey() -> None:
+            await clients.main.ping()
+
+        pg, vk = await asyncio.gather(_timed(postgres), _timed(valkey))
+        if pg["status"] != "up":
+            return Response(Ready(status="unavailable", checks={"postgres": pg, "valkey": vk}), status_code=503, headers={"Retry-After": "2"})
+        status = "ok" if vk["status"] == "up" else "degraded"
+        return Response(Ready(status=status, checks={"postgres": pg, "valkey": vk}))

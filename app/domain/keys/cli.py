@@ -1,0 +1,70 @@
+"""`agent-api keys create|list|revoke`: manage API keys in the database the server uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
+from litestar import Litestar
+
+from app.domain.keys.services import ApiKeyService
+
+T = TypeVar("T")
+
+
+def _run(app: Litestar, work: Callable[[ApiKeyService], Awaitable[T]]) -> T:
+    config = app.plugins.get(SQLAlchemyPlugin).config
+    assert isinstance(config, SQLAlchemyAsyncConfig)
+
+    async def main() -> T:
+        try:
+            async with config.get_session() as db:
+                return await work(ApiKeyService(session=db))
+        finally:
+            await config.get_engine().dispose()
+
+    return asyncio.run(main())
+
+
+@click.group(name="keys", help="Manage API keys (stored hashed).")
+def keys_group() -> None:
+    pass
+
+
+@keys_group.command(name="create", help="Create a key; prints it once, alone on the last line.")
+@click.option("--name", required=True, help="A unique name for the key.")
+def create_key(app: Litestar, name: str) -> None:
+    async def work(service: ApiKeyService) -> str:
+        if await service.get_one_or_none(name=name) is not None:
+            raise click.ClickException(f"a key named {name!r} already exists")
+        _, plaintext = await service.create_key(name)
+        return plaintext
+
+    plaintext = _run(app, work)
+    click.echo(f"Created API key {name!r}. Store it now; only its hash is kept:")
+    click.echo(plaintext)
+
+
+@keys_group.command(name="list", help="List keys (name, prefix, created, revoked).")
+def list_keys(app: Litestar) -> None:
+    async def work(service: ApiKeyService) -> list[tuple[str, str, str, str]]:
+        rows = await service.list()
+        return [
+            (r.name, r.prefix, r.created_at.isoformat(), r.revoked_at.isoformat() if r.revoked_at else "-")
+            for r in sorted(rows, key=lambda r: r.created_at)
+        ]
+
+    click.echo(f"{'NAME':<24} {'PREFIX':<14} {'CREATED':<34} REVOKED")
+    for name, prefix, created, revoked in _run(app, work):
+        click.echo(f"{name:<24} {prefix:<14} {created:<34} {revoked}")
+
+
+@keys_group.command(name="revoke", help="Revoke a key by name; every instance refuses it within 60 s.")
+@click.argument("name")
+def revoke_key(app: Litestar, name: str) -> None:
+    if not _run(app, lambda service: service.revoke(name)):
+        raise click.ClickException(f"no active key named {name!r}")
+    click.echo(f"Revoked {name!r}.")

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, Parameter
+
+from app.domain.keys.auth import Principal
+from app.domain.sessions.dependencies import provide_session_service
+from app.domain.sessions.schemas import (
+    MessagePage,
+    Session,
+    SessionCreate,
+    SessionFork,
+    SessionPage,
+    SessionStatus,
+    SessionUpdate,
+)
+from app.domain.sessions.services import SessionService
+from app.lib.problems import ApiError, problem_responses
+
+AuthedRequest = Request[Principal, Any, State]
+
+
+def with_etag(session: Session, status_code: int = 200) -> Response[Session]:
+    return Response(session, status_code=status_code, headers={"ETag": f'"{session.version}"'})
+
+
+def parse_if_match(value: str | None) -> int | None:
+    if value is None or value.strip() == "*":
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise ApiError(400, "VALIDATION_ERROR", 'If-Match must be a session version such as "3".', title="Invalid If-Match")
+    return int(text)
+
+
+class SessionController(Controller):
+    path = "/api/v1/sessions"
+    tags = ["Sessions"]
+    dependencies = {"session_service": Provide(provide_session_service)}  # noqa: RUF012
+
+    @post("/", status_code=201, summary="Create a session", responses=problem_responses(422))
+    async def create_session(
+        self, request: AuthedRequest, session_service: NamedDependency[SessionService], data: JSONBody[SessionCreate]
+    ) -> Response[Session]:
+        return with_etag(await session_service.create_session(request.user.key_id, data), 201)
+
+    @get("/", summary="List sessions, newest first", responses=problem_responses())
+    async def list_sessions(
+        self,
+        request: AuthedRequest,
+        session_service: NamedDependency[SessionService],
+        status: Annotated[SessionStatus | None, Parameter(query="status")] = None,
+        tag: Annotated[str | None, Parameter(query="tag", max_length=64)] = None,
+        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
+        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0,
+    ) -> SessionPage:
+        return await session_service.list_sessions(request.user.key_id, status=status, tag=tag, limit=limit, offset=offset)
+
+    @get("/{session_id:uuid}", summary="Get a session (cache-aside)", responses=problem_responses(404))
+    async def get_session(
+        self, request: AuthedRequest, session_service: NamedDependency[SessionService], session_id: FromPath[UUID]
+    ) -> Response[Session]:
+        return with_etag(await session_service.get_session(session_id, request.user.key_id))
+
+    @patch(
+        "/{session_id:uuid}",
+        summary="Update a session (If-Match optional)",
+        responses=problem_responses(404, 409, 412, 422),
+    )
+    async def update_session(
+        self,
+        request: AuthedRequest,
+        session_service: NamedDependency[SessionService],
+        session_id: FromPath[UUID],
+        data: JSONBody[SessionUpdate],
+        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
+    ) -> Response[Session]:
+        session = await session_service.update_session(
+            session_id, request.user.key_id, data, expected_version=parse_if_match(if_match)
+        )
+        return with_etag(session)
+
+    @delete("/{session_id:uuid}", status_code=204, summary="Delete a session", responses=problem_responses(404, 409))
+    async def delete_session(
+        self, request: AuthedRequest, session_service: NamedDependency[SessionService], session_id: FromPath[UUID]
+    ) -> None:
+        await session_service.delete_session(session_id, request.user.key_id)
+
+    @post("/{session_id:uuid}/fork", status_code=201, summary="Fork a session", responses=problem_responses(404, 422))
+    async def fork_session(
+        self,
+        request: AuthedRequest,
+        session_service: NamedDependency[SessionService],
+        session_id: FromPath[UUID],
+        data: JSONBody[SessionFork | None] = None,
+    ) -> Response[Session]:
+        title = data.title if data is not None else None
+        return with_etag(await session_service.fork_session(session_id, request.user.key_id, title), 201)
+
+    @get("/{session_id:uuid}/messages", summary="Persisted events, oldest first", responses=problem_responses(404))
+    async def list_messages(
+        self,
+        request: AuthedRequest,
+        session_service: NamedDependency[SessionService],
+        session_id: FromPath[UUID],
+        limit: Annotated[int, Parameter(query="limit", ge=1, le=1000)] = 100,
+        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0,
+    ) -> MessagePage:
+        return await session_service.list_messages(session_id, request.user.key_id, limit=limit, offset=offset)

@@ -1,0 +1,29 @@
+"""Valkey key names of one session (SPEC §5). The `{<sid>}` hash tag keeps them in one cluster slot."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from app.lib.valkey.keys import global_key, scoped_key
+
+CONTROL_CHANNEL = global_key("control")
+
+
+def session_key(session_id: UUID | str) -> str:
+    return scoped_key(session_id, "session")
+
+
+def lock_key(session_id: UUID | str) -> str:
+    return scoped_key(session_id, "lock")
+
+
+def active_key(session_id: UUID | str) -> str:
+    return scoped_key(session_id, "active")
+
+
+def interrupt_key(session_id: UUID | str) -> str:
+    return scoped_key(session_id, "interrupt")
+
+
+def events_key(session_id: UUID | str) -> str:
+    return scoped_key(session_id, "events")

@@ -1,0 +1,330 @@
+"""Session use cases: Postgres (Advanced-Alchemy) is the truth, `SessionCache` sits in front of reads,
+`DistributedLock` serialises writers and the ORM version counter fences them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.filters import LimitOffset
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from msgspec import UNSET
+from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy.orm.exc import StaleDataError
+
+from app.db.models import AgentSession, SessionEvent, TranscriptEntry
+from app.domain.sessions.cache import MISS, SessionCache
+from app.domain.sessions.schemas import (
+    ActiveRun,
+    MessagePage,
+    Session,
+    SessionCreate,
+    SessionMessage,
+    SessionPage,
+    SessionUpdate,
+    Usage,
+)
+from app.lib.problems import ApiError
+from app.lib.valkey.errors import VALKEY_ERRORS
+from app.domain.sessions.keys import active_key, events_key, interrupt_key, lock_key
+from app.lib.valkey.control import ControlChannel
+from app.lib.valkey.event_log import EventLog
+from app.lib.valkey.lease import RunLease
+from app.lib.valkey.lock import DistributedLock, LockTimeoutError
+
+MAX_FENCED_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class SessionInfra:
+    """The Valkey-side collaborators of session use cases, built once per app."""
+
+    cache: SessionCache
+    lock: DistributedLock
+    lease: RunLease
+    events: EventLog
+    control: ControlChannel
+
+
+def session_not_found(session_id: UUID) -> ApiError:
+    return ApiError(404, "SESSION_NOT_FOUND", f"Session {session_id} does not exist.", title="Session not found")
+
+
+def to_schema(row: AgentSession) -> Session:
+    active = (
+        ActiveRun(run_id=row.active_run_id, instance_id=row.active_instance_id or "", started_at=row.active_started_at)
+        if row.active_run_id is not None and row.active_started_at is not None
+        else None
+    )
+    return Session(
+        id=row.id,
+        title=row.title,
+        status=row.status,  # type: ignore[arg-type]
+        model=row.model,
+        permission_mode=row.permission_mode,
+        parent_session_id=row.parent_session_id,
+        tags=list(row.tags or []),
+        metadata=dict(row.meta or {}),
+        total_turns=row.total_turns,
+        total_cost_usd=row.total_cost_usd,
+        usage=Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens),
+        version=row.version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_run_at=row.last_run_at,
+        active_run=active,
+    )
+
+
+class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
+    class Repository(SQLAlchemyAsyncRepository[AgentSession]):
+        model_type = AgentSession
+
+    repository_type = Repository
+
+    infra: SessionInfra
+    cache: SessionCache
+    lock: DistributedLock
+
+    def bind(self, infra: SessionInfra) -> SessionService:
+        self.infra = infra
+        self.cache = infra.cache
+        self.lock = infra.lock
+        return self
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def load_owned(self, session_id: UUID, owner_key_id: UUID, *, fresh: bool = False) -> AgentSession:
+        """The row from Postgres, or 404 when missing or owned by another key (never 403: no leak)."""
+        stmt = select(AgentSession).where(AgentSession.id == session_id, AgentSession.owner_key_id == owner_key_id)
+        if fresh:
+            stmt = stmt.execution_options(populate_existing=True)
+        row = (await self.repository.session.execute(stmt)).scalar_one_or_none()
+        if row is None:
+            raise session_not_found(session_id)
+        return row
+
+    async def get_session(self, session_id: UUID, owner_key_id: UUID) -> Session:
+        cached = await self.cache.get(session_id, owner_key_id)
+        if cached is None:
+            raise session_not_found(session_id)
+        if cached is not MISS:
+            assert isinstance(cached, Session)
+            return cached
+        session = to_schema(await self.load_owned(session_id, owner_key_id))
+        await self.cache.put(session, owner_key_id)
+        return session
+
+    async def list_sessions(
+        self, owner_key_id: UUID, *, status: str | None, tag: str | None, limit: int, offset: int
+    ) -> SessionPage:
+        filters: list[Any] = [AgentSession.owner_key_id == owner_key_id]
+        if status is not None:
+            filters.append(AgentSession.status == status)
+        if tag is not None:
+            filters.append(AgentSession.tags.contains([tag]))
+        rows, total = await self.list_and_count(
+            *filters,
+            LimitOffset(limit=limit, offset=offset),
+            order_by=[(AgentSession.created_at, True), (AgentSession.id, True)],
+        )
+        return SessionPage(items=[to_schema(r) for r in rows], total=total, limit=limit, offset=offset)
+
+    async def list_messages(self, session_id: UUID, owner_key_id: UUID, *, limit: int, offset: int) -> MessagePage:
+        await self.get_session(session_id, owner_key_id)
+        db = self.repository.session
+        total = (
+            await db.execute(select(func.count()).select_from(SessionEvent).where(SessionEvent.session_id == session_id))
+        ).scalar_one()
+        rows = (
+            await db.execute(
+                select(SessionEvent)
+                .where(SessionEvent.session_id == session_id)
+                .order_by(SessionEvent.stream_ms, SessionEvent.stream_seq)
+                .limit(limit)
+                .offset(offset)
+            )
+        ).scalars()
+        items = [
+            SessionMessage(id=r.stream_id, run_id=r.run_id, event=r.event, data=r.data, created_at=r.created_at)
+            for r in rows
+        ]
+        return MessagePage(items=items, total=total, limit=limit, offset=offset)
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    async def create_session(self, owner_key_id: UUID, data: SessionCreate) -> Session:
+        row = await self.create(
+            AgentSession(
+                owner_key_id=owner_key_id,
+                title=data.title,
+                model=data.model,
+                permission_mode=data.permission_mode,
+                tags=list(data.tags),
+                meta=dict(data.metadata),
+            ),
+            auto_commit=True,
+        )
+        session = to_schema(row)
+        await self.cache.put(session, owner_key_id)
+        return session
+
+    async def update_fenced(
+        self,
+        session_id: UUID,
+        owner_key_id: UUID,
+        mutate: Callable[[AgentSession], Awaitable[None] | None],
+        *,
+        expected_version: int | None = None,
+    ) -> Session:
+        """Read-modify-write under the session lock, fenced by the version column.
+
+        The lock keeps writers from colliding; the fence makes a writer whose lock expired fail instead of
+        overwriting a newer version (it then retries on the fresh row, or answers 412 with If-Match).
+        Without Valkey the lock is skipped and the fence alone keeps updates safe."""
+        for _attempt in range(MAX_FENCED_RETRIES):
+            token: str | None = None
+            key = lock_key(session_id)
+            try:
+                token = await self.lock.acquire(key)
+            except LockTimeoutError as exc:
+                raise ApiError(
+                    409, "SESSION_LOCKED", "The session is locked by another writer; try again.", headers={"Retry-After": "1"}
+                ) from exc
+            except VALKEY_ERRORS:
+                token = None
+            try:
+                row = await self.load_owned(session_id, owner_key_id, fresh=True)
+                if expected_version is not None and row.version != expected_version:
+                    raise ApiError(
+                        412,
+                        "VERSION_CONFLICT",
+                        f"If-Match version {expected_version} does not match the current version {row.version}.",
+                        title="Version conflict",
+                    )
+                result = mutate(row)
+                if result is not None:
+                    await result
+                try:
+                    await self.repository.session.commit()
+                except StaleDataError:
+                    await self.repository.session.rollback()
+                    if expected_version is not None:
+                        raise ApiError(
+                            412, "VERSION_CONFLICT", "The session changed concurrently.", title="Version conflict"
+                        ) from None
+                    continue
+                session = to_schema(row)
+                await self.cache.put(session, owner_key_id)
+                return session
+            finally:
+                if token is not None:
+                    try:
+                        await self.lock.release(key, token)
+                    except VALKEY_ERRORS:
+                        pass
+        raise ApiError(409, "VERSION_CONFLICT", "The session kept changing concurrently; try again.", title="Version conflict")
+
+    async def update_session(
+        self, session_id: UUID, owner_key_id: UUID, data: SessionUpdate, *, expected_version: int | None
+    ) -> Session:
+        def mutate(row: AgentSession) -> None:
+            if data.title is not UNSET:
+                row.title = data.title
+            if data.tags is not UNSET:
+                row.tags = list(data.tags)
+            if data.metadata is not UNSET:
+                row.meta = dict(data.metadata)
+            if data.model is not UNSET:
+                row.model = data.model
+            if data.permission_mode is not UNSET:
+                row.permission_mode = data.permission_mode
+
+        session = await self.update_fenced(session_id, owner_key_id, mutate, expected_version=expected_version)
+        if data.permission_mode is not UNSET and session.active_run is not None:
+            # The instance running the agent applies it live (see runs.control).
+            try:
+                await self.infra.control.publish(
+                    {
+                        "type": "permission_mode",
+                        "session_id": str(session_id),
+                        "run_id": str(session.active_run.run_id),
+                        "permission_mode": data.permission_mode,
+                    }
+                )
+            except VALKEY_ERRORS:
+                pass
+        return session
+
+    async def run_is_active(self, session_id: UUID, row: AgentSession) -> bool:
+        """The lease decides; without Valkey, Postgres's `active_run` does."""
+        try:
+            return await self.infra.lease.get(active_key(session_id)) is not None
+        except VALKEY_ERRORS:
+            return row.active_run_id is not None
+
+    async def delete_session(self, session_id: UUID, owner_key_id: UUID) -> None:
+        row = await self.load_owned(session_id, owner_key_id)
+        if await self.run_is_active(session_id, row):
+            raise ApiError(409, "SESSION_BUSY", "The session has an active run; interrupt it first.", title="Session busy")
+        db = self.repository.session
+        await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
+        await db.commit()
+        await self.cache.tombstone(session_id)
+        try:
+            await self.infra.events.delete(events_key(session_id), interrupt_key(session_id))
+        except VALKEY_ERRORS:
+            pass  # The stream expires on its own; the session row is gone, so nothing serves it.
+
+    async def fork_session(self, session_id: UUID, owner_key_id: UUID, title: str | None) -> Session:
+        parent = await self.load_owned(session_id, owner_key_id)
+        db = self.repository.session
+        child = AgentSession(
+            owner_key_id=owner_key_id,
+            title=title if title is not None else parent.title,
+            model=parent.model,
+            permission_mode=parent.permission_mode,
+            parent_session_id=parent.id,
+            tags=list(parent.tags or []),
+            meta=dict(parent.meta or {}),
+            agent_session_id=parent.agent_session_id,
+        )
+        db.add(child)
+        await db.flush()
+        # The transcript travels with the fork: persisted events and the agent's own transcript entries.
+        await db.execute(
+            insert(SessionEvent).from_select(
+                ["session_id", "run_id", "stream_ms", "stream_seq", "event", "data", "created_at", "updated_at"],
+                select(
+                    literal(child.id, SessionEvent.session_id.type),
+                    SessionEvent.run_id,
+                    SessionEvent.stream_ms,
+                    SessionEvent.stream_seq,
+                    SessionEvent.event,
+                    SessionEvent.data,
+                    SessionEvent.created_at,
+                    SessionEvent.updated_at,
+                ).where(SessionEvent.session_id == parent.id),
+            )
+        )
+        await db.execute(
+            insert(TranscriptEntry).from_select(
+                ["session_id", "subpath", "entry", "created_at", "updated_at"],
+                select(
+                    literal(child.id, TranscriptEntry.session_id.type),
+                    TranscriptEntry.subpath,
+                    TranscriptEntry.entry,
+                    TranscriptEntry.created_at,
+                    TranscriptEntry.updated_at,
+                )
+                .where(TranscriptEntry.session_id == parent.id)
+                .order_by(TranscriptEntry.id),
+            )
+        )
+        await db.commit()
+        session = to_schema(child)
+        await self.cache.put(session, owner_key_id)
+        return session

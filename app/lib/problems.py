@@ -1,0 +1,213 @@
+"""RFC 9457 problem+json for every error, with our `code` member, and the exception handlers that make them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy import exc as sa_exc
+
+from app.lib.valkey.errors import VALKEY_ERRORS, ValkeyUnavailableError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+_CODES_BY_STATUS = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    412: "VERSION_CONFLICT",
+    413: "REQUEST_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """The body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class ApiError(Exception):
+    """Raise from any layer to answer with a problem+json response."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or code.replace("_", " ").capitalize()
+        self.headers = headers or {}
+
+
+def problem_response(
+    request: Request[Any, Any, Any] | None,
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> Response[Problem]:
+    body = Problem(
+        type=f"https://agent-api.dev/problems/{code.lower().replace('_', '-')}",
+        title=title,
+        status=status,
+        code=code,
+        detail=detail,
+        instance=request.url.path if request is not None else None,
+        errors=errors,
+    )
+    return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+_DB_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    sa_exc.DisconnectionError,
+    sa_exc.InterfaceError,
+    sa_exc.OperationalError,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    for item in _chain(exc):
+        if isinstance(item, _DB_DOWN):
+            return True
+        if isinstance(item, sa_exc.DBAPIError) and item.connection_invalidated:
+            return True
+        if isinstance(item, OSError):
+            # A bare OSError from the Postgres driver: connection refused, socket gone. Valkey's errors
+            # are checked first by the caller.
+            return True
+    return False
+
+
+def is_valkey_unavailable(exc: BaseException) -> bool:
+    return any(isinstance(item, (*VALKEY_ERRORS[:2], ValkeyUnavailableError)) for item in _chain(exc))
+
+
+def api_error_handler(request: Request[Any, Any, Any], exc: ApiError) -> Response[Problem]:
+    return problem_response(request, exc.status, exc.code, exc.title, exc.detail, headers=exc.headers)
+
+
+def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    status = exc.status_code
+    if status >= 500:
+        return internal_error_handler(request, exc)
+    code = _CODES_BY_STATUS.get(status, "BAD_REQUEST")
+    errors: list[dict[str, Any]] | None = None
+    detail = exc.detail
+    if isinstance(exc, ValidationException):
+        code = "VALIDATION_ERROR"
+        extra = exc.extra
+        if isinstance(extra, list):
+            errors = [e if isinstance(e, dict) else {"message": str(e)} for e in extra]
+        elif isinstance(extra, dict):
+            errors = [extra]
+    if status == 413:
+        detail = "The request body is larger than the 1 MiB limit."
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="agent-api", X-API-Key')
+    return problem_response(request, status, code, _title(status, code), detail, headers=headers, errors=errors)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    if is_valkey_unavailable(exc):
+        return problem_response(
+            request, 503, "VALKEY_UNAVAILABLE", "Valkey unavailable", "Valkey cannot be reached; try again shortly.",
+            headers={"Retry-After": "2"},
+        )
+    if is_database_unavailable(exc):
+        return problem_response(
+            request, 503, "DATABASE_UNAVAILABLE", "Database unavailable", "PostgreSQL cannot be reached; try again shortly.",
+            headers={"Retry-After": "2"},
+        )
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        request, HTTP_500_INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal server error", "An unexpected error occurred."
+    )
+
+
+def _title(status: int, code: str) -> str:
+    return {401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 413: "Request too large"}.get(
+        status, code.replace("_", " ").capitalize()
+    )
+
+
+def exception_handlers() -> dict[type[Exception] | int, Any]:
+    return {
+        ApiError: api_error_handler,
+        HTTPException: http_exception_handler,
+        Exception: internal_error_handler,
+    }
+
+
+__all__ = ("PROBLEM_JSON", "ApiError", "Problem", "exception_handlers", "is_database_unavailable", "problem_response")
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request (code VALIDATION_ERROR).",
+    401: "Missing, invalid or revoked API key (code UNAUTHORIZED).",
+    404: "No such resource for this API key (code SESSION_NOT_FOUND).",
+    409: "Conflict with the session's state (SESSION_BUSY, SESSION_LOCKED, NOT_RUNNING, NO_PENDING_QUESTION, VERSION_CONFLICT).",
+    412: "If-Match did not match the session's version (code VERSION_CONFLICT).",
+    413: "Request body over 1 MiB (code REQUEST_TOO_LARGE).",
+    422: "The body failed validation (code VALIDATION_ERROR); `errors` lists each problem.",
+    429: "Rate limit exceeded (code RATE_LIMITED); see Retry-After.",
+    503: "Valkey or PostgreSQL unavailable (VALKEY_UNAVAILABLE, DATABASE_UNAVAILABLE); see Retry-After.",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, Any]:
+    """OpenAPI response entries for the problem+json errors an operation can answer with."""
+    from litestar.openapi.datastructures import ResponseSpec
+
+    codes = sorted({400, 401, 413, 429, 503, *statuses})
+    return {
+        status: ResponseSpec(data_container=Problem, description=_DESCRIPTIONS.get(status, "Error"), media_type=PROBLEM_JSON)
+        for status in codes
+    }

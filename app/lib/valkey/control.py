@@ -1,0 +1,89 @@
+"""`ControlChannel`: instance-to-instance messages over one pub/sub channel, plus one-shot replies.
+
+Every instance subscribes; a message names its target (e.g. a run id) and only the instance that owns
+the target acts. Replies go through a list (LPUSH/BLPOP) so a reply sent before the asker waits is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from valkey.asyncio import Valkey
+
+from app.lib.valkey.errors import VALKEY_ERRORS
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ControlChannel:
+    def __init__(self, client: Valkey, blocking_client: Valkey, channel: str) -> None:
+        self._client = client
+        self._blocking = blocking_client
+        self.channel = channel
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    async def publish(self, message: dict[str, Any]) -> int:
+        receivers: int = await self._client.publish(self.channel, msgspec.json.encode(message))
+        return receivers
+
+    async def reply(self, reply_key: str, payload: dict[str, Any], ttl: int = 60) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.lpush(reply_key, msgspec.json.encode(payload))
+        pipe.expire(reply_key, ttl)
+        await pipe.execute()
+
+    async def wait_reply(self, reply_key: str, timeout: float) -> dict[str, Any] | None:
+        result = await self._blocking.blpop([reply_key], timeout=timeout)
+        if result is None:
+            return None
+        decoded: dict[str, Any] = msgspec.json.decode(result[1])
+        return decoded
+
+    def start(self, handler: Handler) -> None:
+        self._task = asyncio.create_task(self._listen(handler), name="control-channel")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _listen(self, handler: Handler) -> None:
+        delay = 0.05
+        while True:
+            pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.subscribed.set()
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        payload = msgspec.json.decode(message["data"])
+                    except msgspec.DecodeError:
+                        continue
+                    # Handlers are quick (they signal local tasks); run them inline to keep order.
+                    try:
+                        await handler(payload)
+                    except Exception:
+                        logger.exception("control message handler failed")
+            except asyncio.CancelledError:
+                raise
+            except VALKEY_ERRORS:
+                self.subscribed.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

@@ -1,0 +1,74 @@
+"""`EventLog`: a Valkey Stream per scope; writers append in pipelined batches, readers follow with XREAD."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from valkey.asyncio import Valkey
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    id: str
+    fields: dict[str, bytes]
+
+
+def parse_entry_id(value: str) -> tuple[int, int]:
+    """`<ms>-<seq>` to a sortable pair; raises ValueError on anything else."""
+    ms, sep, seq = value.partition("-")
+    if not sep:
+        return int(ms), 0
+    return int(ms), int(seq)
+
+
+class EventLog:
+    def __init__(self, client: Valkey, blocking_client: Valkey) -> None:
+        self._client = client
+        self._blocking = blocking_client
+
+    async def reset(self, key: str) -> None:
+        """Empties the stream but keeps the key, so new ids still grow past the old ones; no TTL while live."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xtrim(key, maxlen=0, approximate=False)
+        pipe.persist(key)
+        await pipe.execute()
+
+    async def append_many(self, key: str, entries: Sequence[dict[str, str | bytes]]) -> list[str]:
+        """XADDs every entry in one round trip; returns their ids in order."""
+        if not entries:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for fields in entries:
+            pipe.xadd(key, fields)  # type: ignore[arg-type]
+        ids = await pipe.execute()
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def expire(self, key: str, seconds: int) -> None:
+        await self._client.expire(key, seconds)
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._client.exists(key))
+
+    async def delete(self, *keys: str) -> None:
+        await self._client.delete(*keys)
+
+    async def read_after(self, key: str, after: str, *, count: int = 1000, block_ms: int | None = None) -> list[LogEntry]:
+        """Entries with ids greater than `after` ("0-0" for all). With `block_ms`, waits up to that long."""
+        client = self._blocking if block_ms is not None else self._client
+        reply = await client.xread({key: after}, count=count, block=block_ms)
+        if not reply:
+            return []
+        # RESP2 reply: [[stream, [(id, {field: value}), ...]]]
+        _, items = reply[0]
+        return [
+            LogEntry(id=eid.decode() if isinstance(eid, bytes) else str(eid), fields={k.decode(): v for k, v in fields.items()})
+            for eid, fields in items
+        ]
+
+    async def last_id(self, key: str) -> str | None:
+        items = await self._client.xrevrange(key, count=1)
+        if not items:
+            return None
+        eid = items[0][0]
+        return eid.decode() if isinstance(eid, bytes) else str(eid)

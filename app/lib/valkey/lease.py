@@ -1,0 +1,71 @@
+"""`RunLease`: who runs what. SET NX with TTL; only the owner (token compare) renews or releases."""
+
+from __future__ import annotations
+
+from valkey.asyncio import Valkey
+
+# Renew if we still own it; re-take it if it vanished (Valkey flushed or restarted) so a live run keeps
+# its claim; report loss if someone else holds it.
+_RENEW = """
+local cur = redis.call('get', KEYS[1])
+if cur == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
+if not cur then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) return 1 end
+return 0
+"""
+
+# Release the lease and append a final entry to a stream in one step: the entry is visible only once the
+# lease is free, and no new owner can reset the stream between the two.
+_RELEASE_WITH_ENTRY = """
+local released = 0
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) released = 1 end
+local id = redis.call('xadd', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('expire', KEYS[2], ARGV[2])
+return {released, id}
+"""
+
+
+class RunLease:
+    def __init__(self, client: Valkey, *, ttl_ms: int) -> None:
+        self._client = client
+        self.ttl_ms = ttl_ms
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._release_with_entry = client.register_script(_RELEASE_WITH_ENTRY)
+
+    async def acquire(self, key: str, token: bytes) -> bool:
+        """`token` is the lease value itself (e.g. the JSON `{run_id, instance_id, started_at}`)."""
+        return bool(await self._client.set(key, token, nx=True, px=self.ttl_ms))
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._client.get(key)
+        return value
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values: list[bytes | None] = await self._client.mget(keys)
+        return values
+
+    async def renew(self, key: str, token: bytes) -> bool:
+        """False when another owner holds the lease: the caller has lost it and must stop."""
+        return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))
+
+    async def release(self, key: str, token: bytes) -> bool:
+        return bool(await self._release(keys=[key], args=[token]))
+
+    async def release_with_entry(
+        self, key: str, token: bytes, stream_key: str, fields: dict[str, str | bytes], stream_ttl: int
+    ) -> tuple[bool, str]:
+        """Releases the lease (if still ours) and XADDs `fields` to `stream_key` atomically.
+
+        Returns whether the lease was released and the new entry's id."""
+        flat: list[str | bytes] = []
+        for name, value in fields.items():
+            flat.extend((name, value))
+        released, entry_id = await self._release_with_entry(keys=[key, stream_key], args=[token, stream_ttl, *flat])
+        return bool(released), entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

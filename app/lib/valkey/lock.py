@@ -1,0 +1,68 @@
+"""`DistributedLock`: a token lock with TTL, acquired with jittered exponential backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from valkey.asyncio import Valkey
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class LockTimeoutError(Exception):
+    """The lock was still held by someone else when the acquire timeout ran out."""
+
+
+class DistributedLock:
+    def __init__(
+        self,
+        client: Valkey,
+        *,
+        ttl_ms: int = 5000,
+        timeout: float = 5.0,
+        initial_delay: float = 0.01,
+        max_delay: float = 0.5,
+        factor: float = 1.5,
+    ) -> None:
+        self._client = client
+        self.ttl_ms = ttl_ms
+        self.timeout = timeout
+        self._initial_delay = initial_delay
+        self._max_delay = max_delay
+        self._factor = factor
+        self._release = client.register_script(_RELEASE)
+
+    async def acquire(self, key: str) -> str:
+        """Returns the token that proves ownership; raises `LockTimeoutError` after `timeout`."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self.timeout
+        delay = self._initial_delay
+        while True:
+            if await self._client.set(key, token, nx=True, px=self.ttl_ms):
+                return token
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeoutError(key)
+            # Full jitter keeps two waiters from retrying in lock-step.
+            await asyncio.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))  # noqa: S311
+            delay = min(self._max_delay, delay * self._factor)
+
+    async def release(self, key: str, token: str) -> bool:
+        """Deletes the key only if it still holds our token (a lock that expired is not ours to free)."""
+        return bool(await self._release(keys=[key], args=[token]))
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[str]:
+        token = await self.acquire(key)
+        try:
+            yield token
+        finally:
+            await self.release(key, token)

@@ -1,0 +1,48 @@
+"""`ValkeyPlugin`: owns the shared Valkey clients, exposes them through DI and a Litestar store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.plugins import InitPluginProtocol
+from litestar.stores.registry import StoreRegistry
+from litestar.stores.valkey import ValkeyStore
+from valkey.asyncio import Valkey
+
+from app.lib.valkey.client import ValkeyClients
+
+
+@dataclass
+class ValkeyPluginConfig:
+    url: str
+    socket_timeout: float = 2.0
+    connect_timeout: float = 1.0
+    max_connections: int = 2000
+
+
+class ValkeyPlugin(InitPluginProtocol):
+    """Clients connect lazily, so building the app (e.g. in the CLI) opens nothing; shutdown closes them."""
+
+    def __init__(self, config: ValkeyPluginConfig) -> None:
+        self.config = config
+        self.clients = ValkeyClients.from_url(
+            config.url,
+            socket_timeout=config.socket_timeout,
+            connect_timeout=config.connect_timeout,
+            max_connections=config.max_connections,
+        )
+
+    def provide_valkey(self) -> Valkey:
+        return self.clients.main
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.dependencies["valkey"] = Provide(self.provide_valkey, sync_to_thread=False)
+        app_config.state["valkey_clients"] = self.clients
+        stores = app_config.stores if isinstance(app_config.stores, StoreRegistry) else StoreRegistry(app_config.stores or {})
+        # Litestar features that take a store by name (e.g. rate limiting) share our client.
+        stores.register("valkey", ValkeyStore(self.clients.main, handle_client_shutdown=False, namespace="agentapi:store"))
+        app_config.stores = stores
+        app_config.on_shutdown.append(self.clients.aclose)
+        return app_config

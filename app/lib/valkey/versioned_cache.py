@@ -1,0 +1,48 @@
+"""`VersionedCache`: cache-aside values that carry a version; a write never replaces a newer version.
+
+Values are JSON objects with a numeric `version` member. Deletes leave a tombstone with an
+unbeatable version for a while, so a reader that loaded the row just before the delete cannot re-cache it.
+"""
+
+from __future__ import annotations
+
+from valkey.asyncio import Valkey
+
+TOMBSTONE = b'{"version":9007199254740991,"deleted":true}'
+
+_SET_IF_NEWER = """
+local cur = redis.call('get', KEYS[1])
+if cur then
+  local ok, decoded = pcall(cjson.decode, cur)
+  if ok and type(decoded) == 'table' and tonumber(decoded['version']) and tonumber(decoded['version']) >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+class VersionedCache:
+    def __init__(self, client: Valkey, *, ttl: int, tombstone_ttl: int = 300) -> None:
+        self._client = client
+        self.ttl = ttl
+        self.tombstone_ttl = tombstone_ttl
+        self._set_if_newer = client.register_script(_SET_IF_NEWER)
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._client.get(key)
+        return value
+
+    async def set_if_newer(self, key: str, version: int, payload: bytes) -> bool:
+        return bool(await self._set_if_newer(keys=[key], args=[version, payload, self.ttl]))
+
+    async def invalidate(self, key: str) -> None:
+        await self._client.delete(key)
+
+    async def tombstone(self, key: str) -> None:
+        await self._client.set(key, TOMBSTONE, ex=self.tombstone_ttl)
+
+    @staticmethod
+    def is_tombstone(value: bytes) -> bool:
+        return value == TOMBSTONE
