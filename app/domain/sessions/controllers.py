@@ -6,7 +6,7 @@ from uuid import UUID
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from app.domain.keys.auth import Principal
 from app.domain.sessions.dependencies import provide_session_service
@@ -57,10 +57,10 @@ class SessionController(Controller):
         self,
         request: AuthedRequest,
         session_service: NamedDependency[SessionService],
-        status: Annotated[SessionStatus | None, Parameter(query="status")] = None,
-        tag: Annotated[str | None, Parameter(query="tag", max_length=64)] = None,
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
-        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0,
+        status: Annotated[SessionStatus | None, QueryParameter()] = None,
+        tag: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> SessionPage:
         return await session_service.list_sessions(request.user.key_id, status=status, tag=tag, limit=limit, offset=offset)
 
@@ -81,7 +81,7 @@ class SessionController(Controller):
         session_service: NamedDependency[SessionService],
         session_id: FromPath[UUID],
         data: JSONBody[SessionUpdate],
-        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
+        if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
     ) -> Response[Session]:
         session = await session_service.update_session(
             session_id, request.user.key_id, data, expected_version=parse_if_match(if_match)
@@ -111,7 +111,7 @@ class SessionController(Controller):
         request: AuthedRequest,
         session_service: NamedDependency[SessionService],
         session_id: FromPath[UUID],
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=1000)] = 100,
-        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> MessagePage:
         return await session_service.list_messages(session_id, request.user.key_id, limit=limit, offset=offset)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain.sessions.services import SessionService
 
 
-async def provide_session_service(db_session: AsyncSession, state: State) -> SessionService:
+async def provide_session_service(db_session: NamedDependency[AsyncSession], state: State) -> SessionService:
     return SessionService(session=db_session).bind(state["session_infra"])

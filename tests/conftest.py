@@ -1,0 +1,149 @@
+"""Fixtures: real Postgres and Valkey (embedded by default), app instances served over real HTTP.
+
+Each test gets fresh API keys, so tests never see each other's sessions and need no cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from litestar import Litestar
+from valkey.asyncio import Valkey
+
+from app.asgi import build_alchemy_config, create_app
+from app.config.settings import (
+    AppSettings,
+    DatabaseSettings,
+    RunSettings,
+    SessionSettings,
+    Settings,
+    ValkeySettings,
+)
+from app.domain.keys.services import ApiKeyService
+from app.lib import migrations
+from tests.servers import TestServers, free_port
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[TestServers]:
+    srv = TestServers.start()
+    settings = make_settings(srv, "migrator")
+    migrations.upgrade_sync(build_alchemy_config(settings))
+    yield srv
+    srv.close()
+
+
+def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> Settings:
+    """Settings for one app instance; `overrides` are `section__field=value` (e.g. runs__lease_ttl_ms=3000)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in overrides.items():
+        section, _, fld = name.partition("__")
+        sections.setdefault(section, {})[fld] = value
+    return Settings(
+        app=dataclasses.replace(AppSettings(), instance_id=instance_id, api_key="", **sections.get("app", {})),
+        db=dataclasses.replace(DatabaseSettings(), url=servers.database_url, migrate_on_startup=False, **sections.get("db", {})),
+        valkey=dataclasses.replace(ValkeySettings(), url=servers.valkey_url, **sections.get("valkey", {})),
+        sessions=dataclasses.replace(SessionSettings(), **sections.get("sessions", {})),
+        runs=dataclasses.replace(RunSettings(), **sections.get("runs", {})),
+    )
+
+
+@dataclass
+class Instance:
+    """One app instance served by uvicorn on a loopback port, in the test's event loop."""
+
+    name: str
+    app: Litestar
+    base_url: str
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30.0, **kwargs)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self.task, 15)
+
+
+async def start_instance(name: str, settings: Settings) -> Instance:
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 20
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"instance {name} exited during startup")
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"instance {name} did not start")
+        await asyncio.sleep(0.01)
+    return Instance(name=name, app=app, base_url=f"http://127.0.0.1:{port}", server=server, task=task)
+
+
+InstanceFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def instance_factory(servers: TestServers) -> AsyncIterator[InstanceFactory]:
+    started: list[Instance] = []
+
+    async def factory(name: str, **overrides: Any) -> Instance:
+        inst = await start_instance(name, make_settings(servers, f"test-{name}-{secrets.token_hex(3)}", **overrides))
+        started.append(inst)
+        return inst
+
+    yield factory
+    for inst in reversed(started):
+        await inst.stop()
+
+
+@pytest.fixture
+async def a(instance_factory: InstanceFactory) -> Instance:
+    inst: Instance = await instance_factory("a")
+    return inst
+
+
+@pytest.fixture
+async def b(instance_factory: InstanceFactory) -> Instance:
+    inst: Instance = await instance_factory("b")
+    return inst
+
+
+async def create_api_key(servers: TestServers, name: str | None = None) -> str:
+    config = build_alchemy_config(make_settings(servers, "keys"))
+    try:
+        async with config.get_session() as db:
+            _, plaintext = await ApiKeyService(session=db).create_key(name or f"test-{secrets.token_hex(6)}")
+    finally:
+        await config.get_engine().dispose()
+    return plaintext
+
+
+@pytest.fixture
+async def api_key(servers: TestServers) -> str:
+    return await create_api_key(servers)
+
+
+@pytest.fixture
+async def other_api_key(servers: TestServers) -> str:
+    return await create_api_key(servers)
+
+
+@pytest.fixture
+async def valkey(servers: TestServers) -> AsyncIterator[Valkey]:
+    client = Valkey.from_url(servers.valkey_url)
+    yield client
+    await client.aclose()
