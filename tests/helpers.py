@@ -84,3 +84,41 @@ async def collect_sse(response: httpx.Response, *, until: str = "done", timeout:
 
     await asyncio.wait_for(run(), timeout)
     return out
+
+
+PROBLEM_JSON = "application/problem+json"
+
+SESSION_FIELDS = frozenset(
+    {
+        "id",
+        "title",
+        "status",
+        "model",
+        "permission_mode",
+        "parent_session_id",
+        "tags",
+        "metadata",
+        "total_turns",
+        "total_cost_usd",
+        "usage",
+        "version",
+        "created_at",
+        "updated_at",
+        "last_run_at",
+        "active_run",
+    }
+)
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is an RFC 9457 problem+json with our `code`; returns the body."""
+    assert response.status_code == status, f"expected {status} {code}, got {response.status_code}: {response.text[:500]}"
+    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM_JSON, response.headers["content-type"]
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    assert body["status"] == status, body
+    assert isinstance(body["title"], str)
+    assert body["title"]
+    assert isinstance(body["type"], str)
+    assert body["type"]
+    return body

@@ -126,10 +126,12 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             filters.append(AgentSession.status == status)
         if tag is not None:
             filters.append(AgentSession.tags.contains([tag]))
-        rows, total = await self.list_and_count(
+        # Two queries, not a window count: a page past the end must still report the real total.
+        rows, total = await self.get_many_and_count(
             *filters,
             LimitOffset(limit=limit, offset=offset),
             order_by=[(AgentSession.created_at, True), (AgentSession.id, True)],
+            count_with_window_function=False,
         )
         return SessionPage(items=[to_schema(r) for r in rows], total=total, limit=limit, offset=offset)
 
