@@ -25,13 +25,18 @@ from app.config.settings import Settings, get_settings
 from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.services import ApiKeyService
+from app.agents import get_backend
+from app.domain.runs.controllers import RunController
+from app.domain.runs.manager import RunManager
+from app.domain.runs.reaper import RunReaper
+from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.services import SessionInfra
 from app.lib import migrations
 from app.lib.problems import exception_handlers
-from app.lib.valkey.control import ControlChannel
+from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock
@@ -67,17 +72,35 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             lease=RunLease(clients.main, ttl_ms=settings.runs.lease_ttl_ms),
             events=EventLog(clients.main, clients.blocking),
             control=ControlChannel(clients.main, clients.blocking, CONTROL_CHANNEL),
+            markers=SignalMarker(clients.main),
         )
+        backend = get_backend(settings.app.agent_backend, anthropic_api_key=settings.app.anthropic_api_key)
+        self.run_manager = RunManager(settings, infra, self.alchemy, backend)
+        self.reaper = RunReaper(settings, infra, self.alchemy)
         app_config.state.update(
             {
                 "settings": settings,
                 "alchemy_config": self.alchemy,
                 "authenticator": ApiKeyAuthenticator(self.alchemy, settings.app.auth_cache_ttl),
                 "session_infra": infra,
+                "run_manager": self.run_manager,
+                "event_follower": EventFollower(infra, self.alchemy, settings.runs.ping_interval),
+                "run_reaper": self.reaper,
             }
         )
         app_config.on_startup.insert(0, self.prepare_database)
+        app_config.on_startup.append(self.start_background_work)
+        # Before the Valkey clients close: finishing runs still need them.
+        app_config.on_shutdown.insert(0, self.stop_background_work)
         return app_config
+
+    async def start_background_work(self) -> None:
+        await self.run_manager.start_listening()
+        self.reaper.start()
+
+    async def stop_background_work(self) -> None:
+        await self.reaper.stop()
+        await self.run_manager.shutdown()
 
     async def prepare_database(self) -> None:
         if self.settings.db.migrate_on_startup:
@@ -123,7 +146,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
     )
     return Litestar(
-        route_handlers=[HealthController, SessionController],
+        route_handlers=[HealthController, SessionController, RunController],
         plugins=[SQLAlchemyPlugin(config=alchemy), valkey, AgentApiPlugin(settings, alchemy, valkey), GranianPlugin()],
         middleware=[DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=exception_handlers(),

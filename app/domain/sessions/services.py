@@ -30,7 +30,7 @@ from app.domain.sessions.schemas import (
 from app.lib.problems import ApiError
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.domain.sessions.keys import active_key, events_key, interrupt_key, lock_key
-from app.lib.valkey.control import ControlChannel
+from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock, LockTimeoutError
@@ -47,6 +47,7 @@ class SessionInfra:
     lease: RunLease
     events: EventLog
     control: ControlChannel
+    markers: SignalMarker
 
 
 def session_not_found(session_id: UUID) -> ApiError:

@@ -87,3 +87,18 @@ class ControlChannel:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+
+class SignalMarker:
+    """A short-lived marker key beside a control message (e.g. an interrupt), so a receiver that missed
+    the message still finds the signal when it polls."""
+
+    def __init__(self, client: Valkey) -> None:
+        self._client = client
+
+    async def set(self, key: str, value: str, ttl: int) -> None:
+        await self._client.set(key, value, ex=ttl)
+
+    async def get(self, key: str) -> str | None:
+        value = await self._client.get(key)
+        return value.decode() if isinstance(value, bytes) else value

@@ -72,3 +72,7 @@ class EventLog:
             return None
         eid = items[0][0]
         return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+    async def ping(self) -> None:
+        """Raises if Valkey is unreachable (callers that must not proceed without it check first)."""
+        await self._client.ping()

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent
+
+from app.domain.keys.auth import Principal
+from app.domain.runs.dependencies import provide_run_service
+from app.domain.runs.schemas import (
+    AnswerDelivered,
+    AnswerRequest,
+    InterruptAccepted,
+    QueryRequest,
+    QueryResult,
+    ResumeRequest,
+)
+from app.domain.runs.services import STREAM_START, RunService, parse_after
+from app.domain.sessions.dependencies import provide_session_service
+from app.lib.problems import problem_responses
+
+AuthedRequest = Request[Principal, Any, State]
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_DESCRIPTION = (
+    "text/event-stream. Every event has `id` (Valkey stream id), `event` and JSON `data`: "
+    "init, message, partial (with include_partial_messages), question, result, error, then done "
+    "{reason: completed|interrupted|error}, always last and exactly once. `: ping` after 15 s of silence."
+)
+SSE_RESPONSE = {200: ResponseSpec(data_container=str, media_type="text/event-stream", description=SSE_DESCRIPTION)}
+
+
+def sse(stream: Any, session_id: UUID, run_id: UUID | None = None) -> ServerSentEvent:
+    headers = {**SSE_HEADERS, "X-Session-ID": str(session_id)}
+    if run_id is not None:
+        headers["X-Run-ID"] = str(run_id)
+    return ServerSentEvent(stream, headers=headers)
+
+
+class RunController(Controller):
+    path = "/api/v1"
+    tags = ["Runs"]
+    dependencies = {  # noqa: RUF012
+        "session_service": Provide(provide_session_service),
+        "run_service": Provide(provide_run_service),
+    }
+
+    @post(
+        "/query",
+        summary="Run the agent, streaming events (SSE)",
+        status_code=200,
+        responses={**SSE_RESPONSE, **problem_responses(404, 409, 422)},
+    )
+    async def query(
+        self, request: AuthedRequest, run_service: NamedDependency[RunService], data: JSONBody[QueryRequest]
+    ) -> ServerSentEvent:
+        session, run_id = await run_service.start(request.user.key_id, data.session_id, data)
+        return sse(run_service.stream(session.id, STREAM_START), session.id, run_id)
+
+    @post(
+        "/query/single",
+        summary="Run the agent and wait for its result",
+        status_code=200,
+        responses=problem_responses(404, 409, 422),
+    )
+    async def query_single(
+        self, request: AuthedRequest, run_service: NamedDependency[RunService], data: JSONBody[QueryRequest]
+    ) -> QueryResult:
+        return await run_service.single(request.user.key_id, data)
+
+    @post(
+        "/sessions/{session_id:uuid}/resume",
+        summary="Run the agent on an existing session (SSE)",
+        status_code=200,
+        responses={**SSE_RESPONSE, **problem_responses(404, 409, 422)},
+    )
+    async def resume(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        session_id: FromPath[UUID],
+        data: JSONBody[ResumeRequest],
+    ) -> ServerSentEvent:
+        session, run_id = await run_service.start(request.user.key_id, session_id, data)
+        return sse(run_service.stream(session.id, STREAM_START), session.id, run_id)
+
+    @get(
+        "/sessions/{session_id:uuid}/events",
+        summary="Follow or replay the current/last run's events (SSE)",
+        responses={**SSE_RESPONSE, 204: ResponseSpec(None, description="The session never ran."), **problem_responses(404)},
+    )
+    async def events(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        session_id: FromPath[UUID],
+        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
+        after: Annotated[str | None, QueryParameter(required=False, description="Exclusive; like Last-Event-ID")] = None,
+    ) -> ServerSentEvent | Response[None]:
+        start = parse_after(last_event_id if last_event_id else after)
+        stream = await run_service.events(request.user.key_id, session_id, start)
+        if stream is None:
+            return Response(None, status_code=204)
+        return sse(stream, session_id)
+
+    @post(
+        "/sessions/{session_id:uuid}/interrupt",
+        summary="Interrupt the active run, wherever it runs",
+        status_code=202,
+        responses=problem_responses(404, 409),
+    )
+    async def interrupt(
+        self, request: AuthedRequest, run_service: NamedDependency[RunService], session_id: FromPath[UUID]
+    ) -> InterruptAccepted:
+        run_id = await run_service.interrupt(request.user.key_id, session_id)
+        return InterruptAccepted(status="interrupting", run_id=run_id)
+
+    @post(
+        "/sessions/{session_id:uuid}/answer",
+        summary="Answer the running agent's question",
+        status_code=200,
+        responses=problem_responses(404, 409, 422),
+    )
+    async def answer(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        session_id: FromPath[UUID],
+        data: JSONBody[AnswerRequest],
+    ) -> AnswerDelivered:
+        await run_service.answer(request.user.key_id, session_id, data.answer, data.question_id)
+        return AnswerDelivered(status="delivered")
