@@ -44,6 +44,7 @@ def valkey_unavailable() -> ApiError:
 
 @dataclass
 class RunStats:
+    agent_session_id: str | None = None
     num_turns: int = 0
     total_cost_usd: float = 0.0
     input_tokens: int = 0
@@ -226,6 +227,12 @@ class RunManager:
             async for event in run.agent.events():
                 data = dict(event.data)
                 if event.event == "init":
+                    # A backend's own session id (e.g. the Claude SDK's) is kept on the session for resume/fork,
+                    # not sent to clients.
+                    agent_session_id = data.pop("agent_session_id", None)
+                    if agent_session_id:
+                        stats.agent_session_id = str(agent_session_id)
+                        await self._update(run, lambda row: setattr(row, "agent_session_id", stats.agent_session_id))
                     data = {"session_id": str(run.session_id), "run_id": str(run.run_id), **data}
                 elif event.event == "result":
                     saw_result = True
@@ -283,6 +290,8 @@ class RunManager:
 
         def mark_finished(row: AgentSession) -> None:
             row.status = status
+            if stats.agent_session_id:
+                row.agent_session_id = stats.agent_session_id
             if row.active_run_id == run.run_id:
                 row.active_run_id = None
                 row.active_instance_id = None
