@@ -1,0 +1,102 @@
+"""Runs under Valkey faults (SPEC §6): down → 503 VALKEY_UNAVAILABLE, no split brain; back → runs work;
+flushed mid-run → the owner re-takes its lease and the run completes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import Instance, InstanceFactory
+from tests.helpers import collect_sse, iter_sse, wait_for
+from tests.servers import TestServers
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture(autouse=True)
+def _needs_embedded(servers: TestServers) -> None:
+    if not servers.can_inject_faults:
+        pytest.skip("fault injection needs the embedded servers")
+
+
+async def test_runs_answer_503_while_valkey_is_down_and_recover(servers: TestServers, a: Instance, api_key: str) -> None:
+    async with a.client(api_key) as client:
+        sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
+        servers.stop_valkey()
+        try:
+            started = time.perf_counter()
+            for method, path, body in (
+                ("POST", "/api/v1/query", {"prompt": "hi"}),
+                ("POST", "/api/v1/query", {"prompt": "hi", "session_id": sid}),
+                ("POST", f"/api/v1/sessions/{sid}/resume", {"prompt": "hi"}),
+                ("POST", "/api/v1/query/single", {"prompt": "hi"}),
+                ("POST", f"/api/v1/sessions/{sid}/interrupt", None),
+                ("POST", f"/api/v1/sessions/{sid}/answer", {"answer": "x"}),
+            ):
+                resp = await client.request(method, path, json=body)
+                assert resp.status_code == 503, (path, resp.status_code, resp.text)
+                assert resp.json()["code"] == "VALKEY_UNAVAILABLE"
+                assert int(resp.headers["retry-after"]) > 0
+            assert time.perf_counter() - started < 10
+            # Reads still work from Postgres, and no session was left `running`.
+            got = await client.get(f"/api/v1/sessions/{sid}")
+            assert got.status_code == 200 and got.json()["status"] == "idle"
+            listing = (await client.get("/api/v1/sessions")).json()
+            assert all(item["status"] != "running" for item in listing["items"])
+        finally:
+            servers.start_valkey()
+
+        async def run_works() -> bool:
+            resp = await client.post("/api/v1/query/single", json={"prompt": "back", "session_id": sid})
+            return resp.status_code == 200 and resp.json()["result"] == "Echo: back"
+
+        await wait_for(run_works, timeout=15, interval=0.2, what="runs to work again after Valkey returned")
+
+
+async def test_flush_mid_run_does_not_lose_the_run(
+    servers: TestServers, instance_factory: InstanceFactory, api_key: str, valkey: Any
+) -> None:
+    owner = await instance_factory("owner", runs__lease_renew_interval=0.3, runs__reaper_interval=0.2)
+    watcher = await instance_factory("watcher", runs__lease_renew_interval=0.3, runs__reaper_interval=0.2)
+    async with owner.client(api_key) as co, watcher.client(api_key) as cw:
+        sid = (await co.post("/api/v1/sessions", json={})).json()["id"]
+        async with co.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 2.5"}) as resp:
+            events = []
+            flushed = False
+            async for ev in iter_sse(resp):
+                if ev.comment:
+                    continue
+                events.append(ev)
+                if ev.event == "message" and not flushed:
+                    await valkey.flushall()
+                    flushed = True
+                if ev.event == "done":
+                    break
+        assert events[-1].data == {"reason": "completed"}
+        assert not any(e.event == "error" for e in events)
+        session = (await cw.get(f"/api/v1/sessions/{sid}")).json()
+        assert session["status"] == "completed"
+        # The lease was re-taken by its owner (not reaped), so the session can run again at once.
+        async with cw.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "next"}) as resp2:
+            assert (await collect_sse(resp2))[-1].data == {"reason": "completed"}
+
+
+async def test_sse_ping_after_silence(instance_factory: InstanceFactory, api_key: str) -> None:
+    inst = await instance_factory("pinger", runs__ping_interval=0.3)
+    async with inst.client(api_key) as client:
+        async with client.stream("POST", "/api/v1/query", json={"prompt": "ask anyone there?"}) as resp:
+            pings = 0
+            question = None
+            async for ev in iter_sse(resp):
+                if ev.event == "question":
+                    question = ev
+                if ev.comment and ev.data == "ping":
+                    pings += 1
+                    if pings == 2:
+                        break
+            assert question is not None
+            sid = question.id and (await client.get("/api/v1/sessions")).json()["items"][0]["id"]
+            await client.post(f"/api/v1/sessions/{sid}/interrupt")
+        assert pings == 2
