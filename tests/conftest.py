@@ -122,6 +122,14 @@ async def b(instance_factory: InstanceFactory) -> Instance:
     return inst
 
 
+@pytest.fixture(scope="module")
+async def shared_instance(servers: TestServers) -> AsyncIterator[Instance]:
+    """One default instance for a whole module: for many small tests that each use their own fresh key."""
+    inst = await start_instance("shared", make_settings(servers, f"test-shared-{secrets.token_hex(3)}"))
+    yield inst
+    await inst.stop()
+
+
 async def create_api_key(servers: TestServers, name: str | None = None) -> str:
     config = build_alchemy_config(make_settings(servers, "keys"))
     try:

@@ -112,7 +112,9 @@ SESSION_FIELDS = frozenset(
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is an RFC 9457 problem+json with our `code`; returns the body."""
-    assert response.status_code == status, f"expected {status} {code}, got {response.status_code}: {response.text[:500]}"
+    assert response.status_code == status, (
+        f"expected {status} {code}, got {response.status_code}: {response.text[:500]}"
+    )
     assert response.headers["content-type"].split(";")[0].strip() == PROBLEM_JSON, response.headers["content-type"]
     body: dict[str, Any] = response.json()
     assert body["code"] == code, body

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import TracebackType
 from typing import Any
 
 import asyncpg
 import msgspec
+from advanced_alchemy.exceptions import RepositoryError
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy import exc as sa_exc
 
@@ -137,6 +139,18 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
     status = exc.status_code
     if status >= 500:
         return internal_error_handler(request, exc)
+    cause = exc.__cause__
+    if isinstance(exc, NotFoundException) and isinstance(cause, ValueError) and not isinstance(cause, HTTPException):
+        # The router matched a route but a typed path parameter (e.g. `{session_id:uuid}`) did not parse:
+        # that is bad input, not a missing resource. (A route that does not exist re-raises a NotFoundException,
+        # itself a ValueError, as the cause.)
+        return problem_response(
+            request,
+            400,
+            "VALIDATION_ERROR",
+            "Invalid path parameter",
+            "A path parameter is malformed (e.g. not a UUID).",
+        )
     code = _CODES_BY_STATUS.get(status, "BAD_REQUEST")
     errors: list[dict[str, Any]] | None = None
     detail = exc.detail
@@ -155,20 +169,62 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
     return problem_response(request, status, code, _title(status, code), detail, headers=headers, errors=errors)
 
 
+_DECODING_MODULES = ("litestar._kwargs", "litestar.connection", "litestar.serialization", "msgspec")
+
+
+def _raised_while_decoding_request(tb: TracebackType | None) -> bool:
+    """Whether the exception came out of Litestar reading and decoding the request (before any handler ran)."""
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(_DECODING_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def undecodable_request_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """Bodies msgspec cannot decode without a DecodeError: invalid UTF-8, nesting deeper than the recursion limit."""
+    if _raised_while_decoding_request(exc.__traceback__):
+        detail = (
+            "The JSON body is nested too deeply."
+            if isinstance(exc, RecursionError)
+            else "The request body is not valid UTF-8."
+        )
+        return problem_response(request, 400, "VALIDATION_ERROR", "Validation error", detail)
+    return internal_error_handler(request, exc)
+
+
+def repository_error_handler(request: Request[Any, Any, Any], exc: RepositoryError) -> Response[Problem]:
+    """Advanced-Alchemy wraps SQLAlchemy errors; answer them as problems too (503 when Postgres is down)."""
+    return internal_error_handler(request, exc)
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     if is_valkey_unavailable(exc):
         return problem_response(
-            request, 503, "VALKEY_UNAVAILABLE", "Valkey unavailable", "Valkey cannot be reached; try again shortly.",
+            request,
+            503,
+            "VALKEY_UNAVAILABLE",
+            "Valkey unavailable",
+            "Valkey cannot be reached; try again shortly.",
             headers={"Retry-After": "2"},
         )
     if is_database_unavailable(exc):
         return problem_response(
-            request, 503, "DATABASE_UNAVAILABLE", "Database unavailable", "PostgreSQL cannot be reached; try again shortly.",
+            request,
+            503,
+            "DATABASE_UNAVAILABLE",
+            "Database unavailable",
+            "PostgreSQL cannot be reached; try again shortly.",
             headers={"Retry-After": "2"},
         )
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
-        request, HTTP_500_INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal server error", "An unexpected error occurred."
+        request,
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "INTERNAL_ERROR",
+        "Internal server error",
+        "An unexpected error occurred.",
     )
 
 
@@ -182,6 +238,10 @@ def exception_handlers() -> dict[type[Exception] | int, Any]:
     return {
         ApiError: api_error_handler,
         HTTPException: http_exception_handler,
+        # Registering it keeps Advanced-Alchemy's plugin from installing its non-problem+json handler.
+        RepositoryError: repository_error_handler,
+        RecursionError: undecodable_request_handler,
+        UnicodeDecodeError: undecodable_request_handler,
         Exception: internal_error_handler,
     }
 
@@ -193,7 +253,10 @@ _DESCRIPTIONS = {
     400: "Malformed request (code VALIDATION_ERROR).",
     401: "Missing, invalid or revoked API key (code UNAUTHORIZED).",
     404: "No such resource for this API key (code SESSION_NOT_FOUND).",
-    409: "Conflict with the session's state (SESSION_BUSY, SESSION_LOCKED, NOT_RUNNING, NO_PENDING_QUESTION, VERSION_CONFLICT).",
+    409: (
+        "Conflict with the session's state "
+        "(SESSION_BUSY, SESSION_LOCKED, NOT_RUNNING, NO_PENDING_QUESTION, VERSION_CONFLICT)."
+    ),
     412: "If-Match did not match the session's version (code VERSION_CONFLICT).",
     413: "Request body over 1 MiB (code REQUEST_TOO_LARGE).",
     422: "The body failed validation (code VALIDATION_ERROR); `errors` lists each problem.",
@@ -208,6 +271,8 @@ def problem_responses(*statuses: int) -> dict[int, Any]:
 
     codes = sorted({400, 401, 413, 429, 503, *statuses})
     return {
-        status: ResponseSpec(data_container=Problem, description=_DESCRIPTIONS.get(status, "Error"), media_type=PROBLEM_JSON)
+        status: ResponseSpec(
+            data_container=Problem, description=_DESCRIPTIONS.get(status, "Error"), media_type=PROBLEM_JSON
+        )
         for status in codes
     }

@@ -320,9 +320,7 @@ async def test_messages_of_a_new_session_is_an_empty_page(a: Instance, api_key: 
         assert resp.json() == {"items": [], "total": 0, "limit": 100, "offset": 0}
         paged = await c.get(f"{API}/{sid}/messages", params={"limit": 5, "offset": 3})
         assert paged.json() == {"items": [], "total": 0, "limit": 5, "offset": 3}
-        assert_problem(
-            await c.get(f"{API}/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/messages"), 404, "SESSION_NOT_FOUND"
-        )
+        assert_problem(await c.get(f"{API}/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/messages"), 404, "SESSION_NOT_FOUND")
 
 
 async def test_patch_without_changes_keeps_version(a: Instance, api_key: str) -> None:

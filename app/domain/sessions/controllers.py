@@ -11,6 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from app.domain.keys.auth import Principal
 from app.domain.sessions.dependencies import provide_session_service
 from app.domain.sessions.schemas import (
+    NO_NUL,
     MessagePage,
     Session,
     SessionCreate,
@@ -23,6 +24,8 @@ from app.domain.sessions.services import SessionService
 from app.lib.problems import ApiError, problem_responses
 
 AuthedRequest = Request[Principal, Any, State]
+# Postgres's bigint: a larger OFFSET cannot even be sent to the database.
+MAX_OFFSET = 2**63 - 1
 
 
 def with_etag(session: Session, status_code: int = 200) -> Response[Session]:
@@ -36,15 +39,18 @@ def parse_if_match(value: str | None) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
-        raise ApiError(400, "VALIDATION_ERROR", 'If-Match must be a session version such as "3".', title="Invalid If-Match")
+    # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() then refuses.
+    if not (text.isascii() and text.isdigit()):
+        raise ApiError(
+            400, "VALIDATION_ERROR", 'If-Match must be a session version such as "3".', title="Invalid If-Match"
+        )
     return int(text)
 
 
 class SessionController(Controller):
     path = "/api/v1/sessions"
     tags = ["Sessions"]
-    dependencies = {"session_service": Provide(provide_session_service)}  # noqa: RUF012
+    dependencies = {"session_service": Provide(provide_session_service)}
 
     @post("/", status_code=201, summary="Create a session", responses=problem_responses(422))
     async def create_session(
@@ -58,11 +64,13 @@ class SessionController(Controller):
         request: AuthedRequest,
         session_service: NamedDependency[SessionService],
         status: Annotated[SessionStatus | None, QueryParameter()] = None,
-        tag: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        tag: Annotated[str | None, QueryParameter(min_length=1, max_length=64, pattern=NO_NUL)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> SessionPage:
-        return await session_service.list_sessions(request.user.key_id, status=status, tag=tag, limit=limit, offset=offset)
+        return await session_service.list_sessions(
+            request.user.key_id, status=status, tag=tag, limit=limit, offset=offset
+        )
 
     @get("/{session_id:uuid}", summary="Get a session (cache-aside)", responses=problem_responses(404))
     async def get_session(
@@ -112,6 +120,6 @@ class SessionController(Controller):
         session_service: NamedDependency[SessionService],
         session_id: FromPath[UUID],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> MessagePage:
         return await session_service.list_messages(session_id, request.user.key_id, limit=limit, offset=offset)

@@ -14,20 +14,43 @@ PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions"]
 
 MAX_TAGS = 32
 MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 64
+# PostgreSQL text and jsonb cannot hold U+0000, so it is refused up front as bad input.
+NO_NUL = r"^[^\x00]*$"
 
-Title = Annotated[str, Meta(max_length=500, description="A free-form title.")]
+Title = Annotated[str, Meta(max_length=500, pattern=NO_NUL, description="A free-form title.")]
 ModelName = Annotated[
     str,
     Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]*$", description="Model id."),
 ]
-Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+Tag = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 Tags = Annotated[list[Tag], Meta(max_length=MAX_TAGS, description="At most 32 tags of 1-64 characters.")]
 Metadata = Annotated[dict[str, Any], Meta(description="Free JSON object, at most 16 KiB as compact JSON.")]
 
 
+def _check_json_value(value: Any, depth: int) -> None:
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata must not be nested more than {MAX_METADATA_DEPTH} levels deep")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("metadata strings must not contain U+0000")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise ValueError("metadata keys must not contain U+0000")
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, depth + 1)
+
+
 def check_metadata(metadata: dict[str, Any] | UnsetType | None) -> None:
-    if isinstance(metadata, dict) and len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
-        raise ValueError("metadata must be at most 16384 bytes as compact JSON")
+    """At most 16 KiB as compact JSON (inclusive), no U+0000 (jsonb refuses it), bounded nesting."""
+    if not isinstance(metadata, dict):
+        return
+    if len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as compact JSON")
+    _check_json_value(metadata, 1)
 
 
 class Usage(Struct):
@@ -88,10 +111,10 @@ class SessionCreate(Struct, forbid_unknown_fields=True):
 class SessionUpdate(Struct, forbid_unknown_fields=True):
     """Only the members present are changed; `null` clears title and model."""
 
-    title: Title | None | UnsetType = UNSET
+    title: Title | UnsetType | None = UNSET
     tags: Tags | UnsetType = UNSET
     metadata: Metadata | UnsetType = UNSET
-    model: ModelName | None | UnsetType = UNSET
+    model: ModelName | UnsetType | None = UNSET
     permission_mode: PermissionMode | UnsetType = UNSET
 
     def __post_init__(self) -> None:
