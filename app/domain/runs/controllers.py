@@ -8,7 +8,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.response import ServerSentEvent
+from litestar.response import Stream
 
 from app.domain.keys.auth import Principal
 from app.domain.runs.dependencies import provide_run_service
@@ -23,6 +23,7 @@ from app.domain.runs.schemas import (
 from app.domain.runs.services import STREAM_START, RunService, parse_after
 from app.domain.sessions.dependencies import provide_session_service
 from app.lib.problems import problem_responses
+from app.lib.sse import encode_batches
 
 AuthedRequest = Request[Principal, Any, State]
 
@@ -35,11 +36,11 @@ SSE_DESCRIPTION = (
 SSE_RESPONSE = {200: ResponseSpec(data_container=str, media_type="text/event-stream", description=SSE_DESCRIPTION)}
 
 
-def sse(stream: Any, session_id: UUID, run_id: UUID | None = None) -> ServerSentEvent:
+def sse(stream: Any, session_id: UUID, run_id: UUID | None = None) -> Stream:
     headers = {**SSE_HEADERS, "X-Session-ID": str(session_id)}
     if run_id is not None:
         headers["X-Run-ID"] = str(run_id)
-    return ServerSentEvent(stream, headers=headers)
+    return Stream(encode_batches(stream), media_type="text/event-stream", headers=headers)
 
 
 class RunController(Controller):
@@ -58,7 +59,7 @@ class RunController(Controller):
     )
     async def query(
         self, request: AuthedRequest, run_service: NamedDependency[RunService], data: JSONBody[QueryRequest]
-    ) -> ServerSentEvent:
+    ) -> Stream:
         session, run_id = await run_service.start(request.user.key_id, data.session_id, data)
         return sse(run_service.stream(session.id, STREAM_START), session.id, run_id)
 
@@ -85,7 +86,7 @@ class RunController(Controller):
         run_service: NamedDependency[RunService],
         session_id: FromPath[UUID],
         data: JSONBody[ResumeRequest],
-    ) -> ServerSentEvent:
+    ) -> Stream:
         session, run_id = await run_service.start(request.user.key_id, session_id, data)
         return sse(run_service.stream(session.id, STREAM_START), session.id, run_id)
 
@@ -101,7 +102,7 @@ class RunController(Controller):
         session_id: FromPath[UUID],
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
         after: Annotated[str | None, QueryParameter(required=False, description="Exclusive; like Last-Event-ID")] = None,
-    ) -> ServerSentEvent | Response[None]:
+    ) -> Stream | Response[None]:
         start = parse_after(last_event_id if last_event_id else after)
         stream = await run_service.events(request.user.key_id, session_id, start)
         if stream is None:

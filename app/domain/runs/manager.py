@@ -284,8 +284,10 @@ class RunManager:
                 logger.warning("run %s: heartbeat could not reach Valkey", run.run_id)
 
     async def _finish(self, run: LocalRun, reason: str, stats: RunStats) -> None:
-        """Final status committed, then lease released and `done` appended atomically (SPEC §3)."""
-        await run.recorder.drain()
+        """Final status committed, then lease released and `done` appended atomically (SPEC §3).
+
+        The run's events reach Postgres while the status commits (both must be done before `done`)."""
+        await run.recorder.drain_stream()
         status = FINAL_STATUS[reason]
 
         def mark_finished(row: AgentSession) -> None:
@@ -301,7 +303,9 @@ class RunManager:
             row.input_tokens += stats.input_tokens
             row.output_tokens += stats.output_tokens
 
-        await self._retry("commit final status", lambda: self._update(run, mark_finished))
+        await asyncio.gather(
+            self._retry("commit final status", lambda: self._update(run, mark_finished)), run.recorder.drain()
+        )
         done = msgspec.json.encode({"reason": reason})
 
         async def release() -> None:

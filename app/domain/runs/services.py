@@ -8,7 +8,6 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from litestar.response import ServerSentEventMessage
 
 from app.domain.runs.manager import RunManager, valkey_unavailable
 from app.domain.runs.schemas import QueryRequest, QueryResult, RunError, RunOptions, Usage
@@ -16,6 +15,7 @@ from app.domain.runs.streams import EventFollower
 from app.domain.sessions.keys import interrupt_key
 from app.domain.sessions.schemas import Session, SessionCreate
 from app.domain.sessions.services import SessionService
+from app.lib.sse import SSEFrame
 from app.lib.problems import ApiError
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.event_log import parse_entry_id
@@ -67,7 +67,7 @@ class RunService:
         run_id, session = await self.manager.start_run(owner_key_id, session, msgspec.structs.asdict(options))
         return session, run_id
 
-    def stream(self, session_id: UUID, after: str = STREAM_START, run_id: UUID | None = None) -> AsyncIterator[ServerSentEventMessage]:
+    def stream(self, session_id: UUID, after: str = STREAM_START, run_id: UUID | None = None) -> AsyncIterator[list[SSEFrame] | None]:
         return self.follower.follow(session_id, after, run_id=run_id)
 
     async def single(self, owner_key_id: UUID, body: QueryRequest) -> QueryResult:
@@ -75,16 +75,17 @@ class RunService:
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         reason = "error"
-        async for message in self.stream(session.id, STREAM_START):
-            if message.comment is not None:
-                continue
-            data = msgspec.json.decode(str(message.data)) if message.data else {}
-            if message.event == "result":
-                result = data
-            elif message.event == "error":
-                error = data
-            elif message.event == "done":
-                reason = data.get("reason", "error")
+        async for batch in self.stream(session.id, STREAM_START):
+            for frame in batch or ():
+                if frame.event not in ("result", "error", "done"):
+                    continue
+                data = msgspec.json.decode(frame.data)
+                if frame.event == "result":
+                    result = data
+                elif frame.event == "error":
+                    error = data
+                else:
+                    reason = data.get("reason", "error")
         if result is not None and error is None and reason == "completed":
             return msgspec.convert({**result, "error": None}, QueryResult)
         if error is None:
@@ -104,7 +105,7 @@ class RunService:
             error=RunError(code=str(error.get("code", "AGENT_ERROR")), message=str(error.get("message", ""))),
         )
 
-    async def events(self, owner_key_id: UUID, session_id: UUID, after: str) -> AsyncIterator[ServerSentEventMessage] | None:
+    async def events(self, owner_key_id: UUID, session_id: UUID, after: str) -> AsyncIterator[list[SSEFrame] | None] | None:
         """None when the session never ran (the caller answers 204)."""
         session = await self.sessions.get_session(session_id, owner_key_id)
         if session.last_run_at is None:
@@ -121,8 +122,10 @@ class RunService:
         if not self.manager.interrupt_local(lease.run_id):
             infra = self.manager.infra
             try:
-                await infra.markers.set(interrupt_key(session_id), str(lease.run_id), self.manager.settings.runs.interrupt_ttl)
-                await infra.control.publish({"type": "interrupt", "session_id": str(session_id), "run_id": str(lease.run_id)})
+                await infra.control.publish(
+                    {"type": "interrupt", "session_id": str(session_id), "run_id": str(lease.run_id)},
+                    marker=(interrupt_key(session_id), str(lease.run_id), self.manager.settings.runs.interrupt_ttl),
+                )
             except VALKEY_ERRORS as exc:
                 raise valkey_unavailable() from exc
         return lease.run_id

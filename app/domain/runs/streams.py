@@ -12,17 +12,16 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
-from litestar.response import ServerSentEventMessage
 from sqlalchemy import and_, or_, select
 
 from app.db.models import AgentSession, SessionEvent
 from app.domain.sessions.keys import active_key, events_key
 from app.domain.sessions.services import SessionInfra
+from app.lib.sse import SSEFrame
 from app.lib.valkey.event_log import parse_entry_id
 
 logger = logging.getLogger(__name__)
 
-PING = ServerSentEventMessage(comment="ping")
 
 class EventFollower:
     def __init__(self, infra: SessionInfra, alchemy: SQLAlchemyAsyncConfig, ping_interval: float) -> None:
@@ -30,15 +29,17 @@ class EventFollower:
         self.alchemy = alchemy
         self.ping_ms = max(1, int(ping_interval * 1000))
 
-    async def follow(self, session_id: UUID, after: str, *, run_id: UUID | None = None) -> AsyncIterator[ServerSentEventMessage]:
+    async def follow(self, session_id: UUID, after: str, *, run_id: UUID | None = None) -> AsyncIterator[list[SSEFrame] | None]:
+        """Batches of frames in stream order, ending with the one holding `done`; None means "ping now"."""
         key = events_key(session_id)
         last = after
         if run_id is not None and not await self.infra.events.exists(key):
             # Valkey lost the stream (flushed or restarted): replay the durable events from Postgres.
-            async for message, entry_id, event in self._replay_from_db(session_id, run_id, after):
-                yield message
-                last = entry_id
-                if event == "done":
+            replayed = await self._replay_from_db(session_id, run_id, after)
+            if replayed:
+                yield replayed
+                last = replayed[-1].id
+                if replayed[-1].event == "done":
                     return
             if await self.infra.lease.get(active_key(session_id)) is None:
                 return
@@ -51,14 +52,17 @@ class EventFollower:
                     if not entries:
                         return
                 else:
-                    yield PING
+                    yield None
                     continue
+            batch: list[SSEFrame] = []
             for entry in entries:
-                event = entry.fields.get("e", b"message").decode()
-                yield ServerSentEventMessage(data=entry.fields.get("d", b"{}").decode(), event=event, id=entry.id)
+                frame = SSEFrame(id=entry.id, event=entry.fields.get("e", b"message").decode(), data=entry.fields.get("d", b"{}"))
+                batch.append(frame)
                 last = entry.id
-                if event == "done":
+                if frame.event == "done":
+                    yield batch
                     return
+            yield batch
 
     async def _run_is_over(self, session_id: UUID) -> bool:
         if await self.infra.lease.get(active_key(session_id)) is not None:
@@ -67,9 +71,7 @@ class EventFollower:
             status = (await db.execute(select(AgentSession.status).where(AgentSession.id == session_id))).scalar_one_or_none()
         return status != "running"
 
-    async def _replay_from_db(
-        self, session_id: UUID, run_id: UUID, after: str
-    ) -> AsyncIterator[tuple[ServerSentEventMessage, str, str]]:
+    async def _replay_from_db(self, session_id: UUID, run_id: UUID, after: str) -> list[SSEFrame]:
         ms, seq = parse_entry_id(after)
         async with self.alchemy.get_session() as db:
             rows = (
@@ -84,9 +86,4 @@ class EventFollower:
                 )
             ).scalars().all()
 
-        for row in rows:
-            yield (
-                ServerSentEventMessage(data=msgspec.json.encode(row.data).decode(), event=row.event, id=row.stream_id),
-                row.stream_id,
-                row.event,
-            )
+        return [SSEFrame(id=row.stream_id, event=row.event, data=msgspec.json.encode(row.data)) for row in rows]

@@ -30,9 +30,18 @@ class ControlChannel:
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
-    async def publish(self, message: dict[str, Any]) -> int:
-        receivers: int = await self._client.publish(self.channel, msgspec.json.encode(message))
-        return receivers
+    async def publish(self, message: dict[str, Any], *, marker: tuple[str, str, int] | None = None) -> int:
+        """Publishes `message`; with `marker` (key, value, ttl) also sets that key, in the same round trip."""
+        payload = msgspec.json.encode(message)
+        if marker is None:
+            receivers: int = await self._client.publish(self.channel, payload)
+            return receivers
+        key, value, ttl = marker
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(key, value, ex=ttl)
+        pipe.publish(self.channel, payload)
+        _, receivers = await pipe.execute()
+        return int(receivers)
 
     async def reply(self, reply_key: str, payload: dict[str, Any], ttl: int = 60) -> None:
         pipe = self._client.pipeline(transaction=True)
