@@ -48,9 +48,14 @@ def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> S
         section, _, fld = name.partition("__")
         sections.setdefault(section, {})[fld] = value
     return Settings(
-        app=dataclasses.replace(AppSettings(), instance_id=instance_id, api_key="", **sections.get("app", {})),
-        db=dataclasses.replace(DatabaseSettings(), url=servers.database_url, migrate_on_startup=False, **sections.get("db", {})),
-        valkey=dataclasses.replace(ValkeySettings(), url=servers.valkey_url, **sections.get("valkey", {})),
+        app=dataclasses.replace(
+            AppSettings(), **{"instance_id": instance_id, "api_key": "", **sections.get("app", {})}
+        ),
+        db=dataclasses.replace(
+            DatabaseSettings(),
+            **{"url": servers.database_url, "migrate_on_startup": False, **sections.get("db", {})},
+        ),
+        valkey=dataclasses.replace(ValkeySettings(), **{"url": servers.valkey_url, **sections.get("valkey", {})}),
         sessions=dataclasses.replace(SessionSettings(), **sections.get("sessions", {})),
         runs=dataclasses.replace(RunSettings(), **sections.get("runs", {})),
     )
@@ -79,7 +84,9 @@ class Instance:
 async def start_instance(name: str, settings: Settings) -> Instance:
     app = create_app(settings)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     deadline = asyncio.get_running_loop().time() + 20
