@@ -19,6 +19,7 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins import CLIPluginProtocol, InitPluginProtocol
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar_granian import GranianPlugin
 
 from app.config.settings import Settings, get_settings
@@ -34,7 +35,7 @@ from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.services import SessionInfra
-from app.lib import migrations
+from app.lib import metrics, migrations
 from app.lib.problems import exception_handlers
 from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.event_log import EventLog
@@ -48,6 +49,11 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = ["^/health/", "^/docs", "^/metrics", "^/schema"]
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
 
 
 class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
@@ -68,7 +74,10 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         clients = self.valkey.clients
         infra = SessionInfra(
             cache=SessionCache(VersionedCache(clients.main, ttl=settings.sessions.cache_ttl)),
-            lock=DistributedLock(clients.main, ttl_ms=settings.sessions.lock_ttl_ms, timeout=settings.sessions.lock_timeout),
+            lock=DistributedLock(
+                clients.main, ttl_ms=settings.sessions.lock_ttl_ms, timeout=settings.sessions.lock_timeout,
+                observe=observe_lock,
+            ),
             lease=RunLease(clients.main, ttl_ms=settings.runs.lease_ttl_ms),
             events=EventLog(clients.main, clients.blocking),
             control=ControlChannel(clients.main, clients.blocking, CONTROL_CHANNEL),
@@ -110,6 +119,11 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
                 await ApiKeyService(session=db).ensure_bootstrap(self.settings.app.api_key)
 
 
+def observe_lock(outcome: str, waited: float) -> None:
+    metrics.lock_acquisitions.labels(outcome).inc()
+    metrics.lock_wait_seconds.observe(waited)
+
+
 def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     return SQLAlchemyAsyncConfig(
         connection_string=settings.db.async_url,
@@ -145,10 +159,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             max_connections=settings.valkey.max_connections,
         )
     )
+    prometheus = PrometheusConfig(app_name="agent_api", prefix="agentapi", group_path=True, exclude=["^/metrics"])
     return Litestar(
-        route_handlers=[HealthController, SessionController, RunController],
+        route_handlers=[HealthController, SessionController, RunController, MetricsController],
         plugins=[SQLAlchemyPlugin(config=alchemy), valkey, AgentApiPlugin(settings, alchemy, valkey), GranianPlugin()],
-        middleware=[DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)],
+        middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=exception_handlers(),
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(

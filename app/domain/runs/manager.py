@@ -27,6 +27,7 @@ from app.domain.runs.recorder import EventRecorder, stream_fields
 from app.domain.sessions.keys import active_key, events_key, interrupt_key
 from app.domain.sessions.schemas import Session
 from app.domain.sessions.services import SessionInfra, SessionService
+from app.lib import metrics
 from app.lib.problems import ApiError
 from app.lib.valkey.errors import VALKEY_ERRORS
 
@@ -62,6 +63,7 @@ class LocalRun:
     started: float = field(default_factory=time.monotonic)
     interrupt_requested: asyncio.Event = field(default_factory=asyncio.Event)
     lease_lost: bool = False
+    interrupt_at: float | None = None
     task: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -168,6 +170,7 @@ class RunManager:
             ),
         )
         self.runs[run_id] = run
+        metrics.active_runs.inc()
         run.task = asyncio.create_task(self._drive(run), name=f"run-{run_id}")
         return run_id, session
 
@@ -306,6 +309,9 @@ class RunManager:
         await asyncio.gather(
             self._retry("commit final status", lambda: self._update(run, mark_finished)), run.recorder.drain()
         )
+        # Counted before `done` goes out, so a client that saw `done` sees the metrics too.
+        metrics.active_runs.dec()
+        metrics.runs_total.labels(reason).inc()
         done = msgspec.json.encode({"reason": reason})
 
         async def release() -> None:
@@ -316,6 +322,8 @@ class RunManager:
             run.recorder.persisted(entry_id, "done", done)
 
         await self._retry("release lease", release)
+        if run.interrupt_at is not None:
+            metrics.interrupt_latency_seconds.observe(time.monotonic() - run.interrupt_at)
         await run.recorder.drain(timeout=10)
 
     async def _update(self, run: LocalRun, mutate: Any) -> None:
@@ -344,8 +352,14 @@ class RunManager:
         run = self.runs.get(run_id)
         if run is None:
             return False
-        run.interrupt_requested.set()
+        self._request_interrupt(run)
         return True
+
+    @staticmethod
+    def _request_interrupt(run: LocalRun) -> None:
+        if run.interrupt_at is None:
+            run.interrupt_at = time.monotonic()
+        run.interrupt_requested.set()
 
     async def answer_local(self, run_id: UUID, answer: str, question_id: str | None) -> AnswerOutcome | None:
         run = self.runs.get(run_id)
@@ -363,7 +377,7 @@ class RunManager:
             return
         kind = message.get("type")
         if kind == "interrupt":
-            run.interrupt_requested.set()
+            self._request_interrupt(run)
         elif kind == "permission_mode":
             await run.agent.set_permission_mode(str(message.get("permission_mode")))
         elif kind == "answer":

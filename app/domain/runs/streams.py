@@ -17,6 +17,7 @@ from sqlalchemy import and_, or_, select
 from app.db.models import AgentSession, SessionEvent
 from app.domain.sessions.keys import active_key, events_key
 from app.domain.sessions.services import SessionInfra
+from app.lib import metrics
 from app.lib.sse import SSEFrame
 from app.lib.valkey.event_log import parse_entry_id
 
@@ -31,6 +32,14 @@ class EventFollower:
 
     async def follow(self, session_id: UUID, after: str, *, run_id: UUID | None = None) -> AsyncIterator[list[SSEFrame] | None]:
         """Batches of frames in stream order, ending with the one holding `done`; None means "ping now"."""
+        metrics.stream_followers.inc()
+        try:
+            async for batch in self._follow(session_id, after, run_id):
+                yield batch
+        finally:
+            metrics.stream_followers.dec()
+
+    async def _follow(self, session_id: UUID, after: str, run_id: UUID | None) -> AsyncIterator[list[SSEFrame] | None]:
         key = events_key(session_id)
         last = after
         if run_id is not None and not await self.infra.events.exists(key):

@@ -8,6 +8,7 @@ from uuid import UUID
 import msgspec
 
 from app.domain.sessions.schemas import CachedSession, CachedSessionHeader, Session
+from app.lib import metrics
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.domain.sessions.keys import session_key
 from app.lib.valkey.versioned_cache import VersionedCache
@@ -37,9 +38,13 @@ class SessionCache:
         try:
             raw = await self._cache.get(session_key(session_id))
         except VALKEY_ERRORS:
+            metrics.cache_requests.labels("fallback").inc()
+            metrics.backend_errors.labels("valkey").inc()
             return MISS
         if raw is None:
+            metrics.cache_requests.labels("miss").inc()
             return MISS
+        metrics.cache_requests.labels("hit").inc()
         try:
             header = _header_decoder.decode(raw)
             if header.deleted:

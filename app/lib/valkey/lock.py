@@ -6,7 +6,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from valkey.asyncio import Valkey
@@ -31,6 +31,7 @@ class DistributedLock:
         initial_delay: float = 0.01,
         max_delay: float = 0.5,
         factor: float = 1.5,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self._client = client
         self.ttl_ms = ttl_ms
@@ -39,17 +40,21 @@ class DistributedLock:
         self._max_delay = max_delay
         self._factor = factor
         self._release = client.register_script(_RELEASE)
+        self._observe = observe or (lambda outcome, waited: None)
 
     async def acquire(self, key: str) -> str:
         """Returns the token that proves ownership; raises `LockTimeoutError` after `timeout`."""
         token = secrets.token_hex(16)
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         delay = self._initial_delay
         while True:
             if await self._client.set(key, token, nx=True, px=self.ttl_ms):
+                self._observe("acquired", time.monotonic() - started)
                 return token
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._observe("timeout", time.monotonic() - started)
                 raise LockTimeoutError(key)
             # Full jitter keeps two waiters from retrying in lock-step.
             await asyncio.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))  # noqa: S311
