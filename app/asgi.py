@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from advanced_alchemy.extensions.litestar import (
     AlembicAsyncConfig,
@@ -25,6 +26,7 @@ from litestar_granian import GranianPlugin
 from app.config.settings import Settings, get_settings
 from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
+from app.domain.keys.rate_limit import RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
 from app.agents import get_backend
 from app.domain.runs.controllers import RunController
@@ -42,6 +44,7 @@ from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock
 from app.lib.valkey.plugin import ValkeyPlugin, ValkeyPluginConfig
+from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 from app.lib.valkey.versioned_cache import VersionedCache
 
 logger = logging.getLogger(__name__)
@@ -160,10 +163,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
     )
     prometheus = PrometheusConfig(app_name="agent_api", prefix="agentapi", group_path=True, exclude=["^/metrics"])
+    middleware: list[Any] = [prometheus.middleware, DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)]
+    if settings.app.rate_limit_per_minute > 0:
+        # Inside authentication: the subject is the key's id.
+        limiter = FixedWindowRateLimiter(valkey.clients.main, limit=settings.app.rate_limit_per_minute)
+        middleware.append(RateLimitMiddleware(limiter))
     return Litestar(
         route_handlers=[HealthController, SessionController, RunController, MetricsController],
         plugins=[SQLAlchemyPlugin(config=alchemy), valkey, AgentApiPlugin(settings, alchemy, valkey), GranianPlugin()],
-        middleware=[prometheus.middleware, DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)],
+        middleware=middleware,
         exception_handlers=exception_handlers(),
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
