@@ -98,11 +98,17 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
 
     # -- reads -------------------------------------------------------------------------------------
 
-    async def load_owned(self, session_id: UUID, owner_key_id: UUID, *, fresh: bool = False) -> AgentSession:
-        """The row from Postgres, or 404 when missing or owned by another key (never 403: no leak)."""
+    async def load_owned(
+        self, session_id: UUID, owner_key_id: UUID, *, fresh: bool = False, for_update: bool = False
+    ) -> AgentSession:
+        """The row from Postgres, or 404 when missing or owned by another key (never 403: no leak).
+
+        `for_update` also takes the row lock until the transaction ends (`SELECT ... FOR UPDATE`)."""
         stmt = select(AgentSession).where(AgentSession.id == session_id, AgentSession.owner_key_id == owner_key_id)
-        if fresh:
+        if fresh or for_update:
             stmt = stmt.execution_options(populate_existing=True)
+        if for_update:
+            stmt = stmt.with_for_update()
         row = (await self.repository.session.execute(stmt)).scalar_one_or_none()
         if row is None:
             raise session_not_found(session_id)
@@ -187,7 +193,8 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
 
         The lock keeps writers from colliding; the fence makes a writer whose lock expired fail instead of
         overwriting a newer version (it then retries on the fresh row, or answers 412 with If-Match).
-        Without Valkey the lock is skipped and the fence alone keeps updates safe."""
+        The row is read `FOR UPDATE`, so writers that overlap anyway (Valkey down, or a lock that expired)
+        queue in Postgres and each applies its change to the newest version instead of failing a race."""
         for _attempt in range(MAX_FENCED_RETRIES):
             token: str | None = None
             key = lock_key(session_id)
@@ -200,7 +207,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             except VALKEY_ERRORS:
                 token = None
             try:
-                row = await self.load_owned(session_id, owner_key_id, fresh=True)
+                row = await self.load_owned(session_id, owner_key_id, for_update=True)
                 if expected_version is not None and row.version != expected_version:
                     raise ApiError(
                         412,
