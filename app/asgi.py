@@ -23,12 +23,12 @@ from litestar.plugins import CLIPluginProtocol, InitPluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar_granian import GranianPlugin
 
+from app.agents import get_backend
 from app.config.settings import Settings, get_settings
 from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
-from app.agents import get_backend
 from app.domain.runs.controllers import RunController
 from app.domain.runs.manager import RunManager
 from app.domain.runs.reaper import RunReaper
@@ -136,7 +136,7 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
             pool_size=settings.db.pool_size,
             max_overflow=settings.db.max_overflow,
             pool_pre_ping=True,
-            pool_timeout=settings.db.connect_timeout,
+            pool_timeout=max(1, round(settings.db.connect_timeout)),
             echo=settings.db.echo,
             connect_args={"timeout": settings.db.connect_timeout, "command_timeout": settings.db.command_timeout},
         ),

@@ -10,7 +10,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
-
 from app.agents.base import AgentEvent, AgentRequest, AnswerOutcome
 
 DEMO_MODEL = "demo"
@@ -65,7 +64,7 @@ class DemoRun:
         final_text: str
         if command == "sleep" and _is_number(arg):
             seconds = min(float(arg), MAX_SLEEP_SECONDS)
-            ticks = int(round(seconds * 10))
+            ticks = round(seconds * 10)
             loop = asyncio.get_running_loop()
             start = loop.time()
             for n in range(1, ticks + 1):
@@ -97,7 +96,9 @@ class DemoRun:
                 "message",
                 {
                     "role": "user",
-                    "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": f"{arg} ran", "is_error": False}],
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": tool_id, "content": f"{arg} ran", "is_error": False}
+                    ],
                     "uuid": str(uuid.uuid4()),
                 },
             )
@@ -155,5 +156,3 @@ class DemoBackend:
 
     async def aclose(self) -> None:
         return None
-
-

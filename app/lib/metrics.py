@@ -8,18 +8,21 @@ from prometheus_client import Counter, Gauge, Histogram
 PREFIX = "agentapi"
 
 cache_requests = Counter(
-    f"{PREFIX}_session_cache_requests_total", "Session cache lookups by result: hit, miss, fallback (Valkey down).",
+    f"{PREFIX}_session_cache_requests_total",
+    "Session cache lookups by result: hit, miss, fallback (Valkey down).",
     ["result"],
 )
 lock_acquisitions = Counter(f"{PREFIX}_lock_acquisitions_total", "Session lock acquisitions by outcome.", ["outcome"])
 lock_wait_seconds = Histogram(
-    f"{PREFIX}_lock_wait_seconds", "Time spent waiting for the session lock.",
+    f"{PREFIX}_lock_wait_seconds",
+    "Time spent waiting for the session lock.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 active_runs = Gauge(f"{PREFIX}_active_runs", "Runs executing on this instance.", multiprocess_mode="livesum")
 runs_total = Counter(f"{PREFIX}_runs_total", "Finished runs by outcome.", ["reason"])
 interrupt_latency_seconds = Histogram(
-    f"{PREFIX}_interrupt_delivery_seconds", "From interrupt request to the run's `done` (owning instance).",
+    f"{PREFIX}_interrupt_delivery_seconds",
+    "From interrupt request to the run's `done` (owning instance).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
 )
 stream_followers = Gauge(f"{PREFIX}_event_stream_followers", "Open SSE event streams.", multiprocess_mode="livesum")

@@ -34,11 +34,15 @@ from tests.servers import TestServers
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": pct(values, 0.5) * 1000, "p99_ms": pct(values, 0.99) * 1000, "mean_ms": statistics.fmean(values) * 1000}
+    return {
+        "p50_ms": pct(values, 0.5) * 1000,
+        "p99_ms": pct(values, 0.99) * 1000,
+        "mean_ms": statistics.fmean(values) * 1000,
+    }
 
 
 async def interrupt_latency(ca: httpx.AsyncClient, cb: httpx.AsyncClient, runs: int) -> list[float]:
@@ -137,9 +141,10 @@ async def main() -> None:
     proc_b = GranianProcess.start(servers, "bench-b", logs)
     try:
         headers = {"X-API-Key": key}
-        async with httpx.AsyncClient(base_url=proc_a.base_url, headers=headers, timeout=60) as ca, httpx.AsyncClient(
-            base_url=proc_b.base_url, headers=headers, timeout=60
-        ) as cb:
+        async with (
+            httpx.AsyncClient(base_url=proc_a.base_url, headers=headers, timeout=60) as ca,
+            httpx.AsyncClient(base_url=proc_b.base_url, headers=headers, timeout=60) as cb,
+        ):
             await interrupt_latency(ca, cb, 5)  # warm-up
             interrupts = await interrupt_latency(ca, cb, args.interrupts)
             rtt = await publish_roundtrip(servers.valkey_url, args.interrupts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
@@ -52,7 +53,7 @@ class ApiKeyAuthenticator:
         self._cache.clear()
 
 
-def extract_key(connection: ASGIConnection[object, object, object, object]) -> str | None:
+def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     key = connection.headers.get("x-api-key")
     if key:
         return key.strip()
@@ -65,7 +66,7 @@ def extract_key(connection: ASGIConnection[object, object, object, object]) -> s
 
 
 class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
-    async def authenticate_request(self, connection: ASGIConnection[object, object, object, object]) -> AuthenticationResult:
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         key = extract_key(connection)
         if not key:
             raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer.")

@@ -40,12 +40,17 @@ class RateLimitMiddleware(ASGIMiddleware):
         }
         if not decision.allowed:
             body = Problem(
-                type="https://agent-api.dev/problems/rate-limited", title="Rate limit exceeded", status=429,
-                code="RATE_LIMITED", detail=f"At most {decision.limit} requests per minute per API key.",
+                type="https://agent-api.dev/problems/rate-limited",
+                title="Rate limit exceeded",
+                status=429,
+                code="RATE_LIMITED",
+                detail=f"At most {decision.limit} requests per minute per API key.",
                 instance=scope["path"],
             )
             response = ASGIResponse(
-                body=msgspec.json.encode(body), status_code=429, media_type=PROBLEM_JSON,
+                body=msgspec.json.encode(body),
+                status_code=429,
+                media_type=PROBLEM_JSON,
                 headers={**headers, "Retry-After": str(decision.reset_after)},
             )
             await response(scope, receive, send)
@@ -53,7 +58,10 @@ class RateLimitMiddleware(ASGIMiddleware):
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *((k.lower().encode(), v.encode()) for k, v in headers.items())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+                ]
             await send(message)
 
         await next_app(scope, receive, send_with_headers)

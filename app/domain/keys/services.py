@@ -28,8 +28,8 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
 
     async def find_active_by_hash(self, key_hash: str) -> ApiKey | None:
         stmt = select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-        result = await self.repository.session.execute(stmt)
-        return result.scalar_one_or_none()
+        row: ApiKey | None = (await self.repository.session.execute(stmt)).scalar_one_or_none()
+        return row
 
     async def revoke(self, name: str) -> bool:
         row = await self.get_one_or_none(name=name)

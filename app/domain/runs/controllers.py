@@ -46,7 +46,7 @@ def sse(stream: Any, session_id: UUID, run_id: UUID | None = None) -> Stream:
 class RunController(Controller):
     path = "/api/v1"
     tags = ["Runs"]
-    dependencies = {  # noqa: RUF012
+    dependencies = {
         "session_service": Provide(provide_session_service),
         "run_service": Provide(provide_run_service),
     }
@@ -93,7 +93,11 @@ class RunController(Controller):
     @get(
         "/sessions/{session_id:uuid}/events",
         summary="Follow or replay the current/last run's events (SSE)",
-        responses={**SSE_RESPONSE, 204: ResponseSpec(None, description="The session never ran."), **problem_responses(404)},
+        responses={
+            **SSE_RESPONSE,
+            204: ResponseSpec(None, description="The session never ran."),
+            **problem_responses(404),
+        },
     )
     async def events(
         self,
@@ -101,7 +105,9 @@ class RunController(Controller):
         run_service: NamedDependency[RunService],
         session_id: FromPath[UUID],
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
-        after: Annotated[str | None, QueryParameter(required=False, description="Exclusive; like Last-Event-ID")] = None,
+        after: Annotated[
+            str | None, QueryParameter(required=False, description="Exclusive; like Last-Event-ID")
+        ] = None,
     ) -> Stream | Response[None]:
         start = parse_after(last_event_id if last_event_id else after)
         stream = await run_service.events(request.user.key_id, session_id, start)

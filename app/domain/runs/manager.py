@@ -38,8 +38,11 @@ FINAL_STATUS = {"completed": "completed", "interrupted": "interrupted", "error":
 
 def valkey_unavailable() -> ApiError:
     return ApiError(
-        503, "VALKEY_UNAVAILABLE", "Valkey cannot be reached; runs need it. Try again shortly.",
-        title="Valkey unavailable", headers={"Retry-After": "2"},
+        503,
+        "VALKEY_UNAVAILABLE",
+        "Valkey cannot be reached; runs need it. Try again shortly.",
+        title="Valkey unavailable",
+        headers={"Retry-After": "2"},
     )
 
 
@@ -106,8 +109,13 @@ class RunManager:
     async def start_run(self, owner_key_id: UUID, session: Session, options: dict[str, Any]) -> tuple[UUID, Session]:
         """Takes the lease, marks the session running and starts the agent; returns (run_id, session)."""
         if self.draining:
-            raise ApiError(503, "SHUTTING_DOWN", "This instance is shutting down; retry on another.",
-                           title="Shutting down", headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                "SHUTTING_DOWN",
+                "This instance is shutting down; retry on another.",
+                title="Shutting down",
+                headers={"Retry-After": "1"},
+            )
         session_id = session.id
         run_id = UUID(str(uuid7()))
         started_at = datetime.now(UTC)
@@ -207,7 +215,7 @@ class RunManager:
                     await consumer
                 if run.lease_lost:
                     run.recorder.add("error", {"code": "RUN_LOST", "message": "The run lost its lease."})
-        except Exception as exc:  # noqa: BLE001 - a backend failure ends the run with an error event
+        except Exception as exc:
             logger.exception("run %s failed", run.run_id)
             run.recorder.add("error", {"code": "AGENT_ERROR", "message": str(exc) or type(exc).__name__})
             reason = "error"
@@ -257,7 +265,7 @@ class RunManager:
                 elif event.event == "done":
                     continue  # only the run manager ends a stream
                 run.recorder.add(event.event, data)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             logger.exception("agent of run %s raised", run.run_id)
             run.recorder.add("error", {"code": "AGENT_ERROR", "message": str(exc) or type(exc).__name__})
             return "error"
@@ -316,8 +324,11 @@ class RunManager:
 
         async def release() -> None:
             _, entry_id = await self.infra.lease.release_with_entry(
-                active_key(run.session_id), run.lease_token, events_key(run.session_id),
-                stream_fields("done", done, run.run_id), self.settings.runs.events_ttl,
+                active_key(run.session_id),
+                run.lease_token,
+                events_key(run.session_id),
+                stream_fields("done", done, run.run_id),
+                self.settings.runs.events_ttl,
             )
             run.recorder.persisted(entry_id, "done", done)
 
@@ -340,7 +351,7 @@ class RunManager:
                 if exc.code != "SESSION_LOCKED":
                     logger.error("run finish: %s failed: %s", what, exc)
                     return
-            except Exception:  # noqa: BLE001 - the database or Valkey may be back in a moment
+            except Exception:
                 logger.warning("run finish: %s failed (attempt %d)", what, attempt + 1, exc_info=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

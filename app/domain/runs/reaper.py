@@ -47,7 +47,9 @@ async def append_run_lost(
         )
     else:
         (done_id,) = await infra.events.append_many(stream, [stream_fields("done", done_data, run_id)])
-    await persist_events(alchemy, session_id, [(error_id, "error", error_data, run_id), (done_id, "done", done_data, run_id)])
+    await persist_events(
+        alchemy, session_id, [(error_id, "error", error_data, run_id), (done_id, "done", done_data, run_id)]
+    )
 
 
 class RunReaper:
@@ -77,7 +79,7 @@ class RunReaper:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter only
             try:
                 await self.sweep()
-            except Exception:  # noqa: BLE001 - Postgres or Valkey down: try again next round
+            except Exception:
                 logger.debug("reaper sweep failed", exc_info=True)
 
     async def sweep(self) -> list[UUID]:
@@ -99,6 +101,8 @@ class RunReaper:
         seen: set[UUID] = set()
         for (session_id, run_id), lease in zip(rows, leases, strict=True):
             seen.add(session_id)
+            if run_id is None:
+                continue
             if lease is not None:
                 self._missing_since.pop(session_id, None)
                 continue
@@ -113,8 +117,11 @@ class RunReaper:
     async def reap(self, session_id: UUID, run_id: UUID) -> bool:
         """Takes the lease itself (so no run starts meanwhile), marks the session `error`, then ends the
         lost run's stream while releasing that lease."""
-        token = encode_lease(LeaseValue(run_id=run_id, instance_id=f"reaper:{self.settings.app.instance_id}",
-                                        started_at=datetime.now(UTC)))
+        token = encode_lease(
+            LeaseValue(
+                run_id=run_id, instance_id=f"reaper:{self.settings.app.instance_id}", started_at=datetime.now(UTC)
+            )
+        )
         try:
             if not await self.infra.lease.acquire(active_key(session_id), token):
                 return False

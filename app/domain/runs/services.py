@@ -15,8 +15,8 @@ from app.domain.runs.streams import EventFollower
 from app.domain.sessions.keys import interrupt_key
 from app.domain.sessions.schemas import Session, SessionCreate
 from app.domain.sessions.services import SessionService
-from app.lib.sse import SSEFrame
 from app.lib.problems import ApiError
+from app.lib.sse import SSEFrame
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.event_log import parse_entry_id
 from app.lib.valkey.keys import scoped_key
@@ -34,8 +34,12 @@ def parse_after(value: str | None) -> str:
     try:
         ms, seq = parse_entry_id(value.strip())
     except ValueError:
-        raise ApiError(400, "VALIDATION_ERROR", "Last-Event-ID / after must be a stream id like 1700000000000-0.",
-                       title="Invalid event id") from None
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            "Last-Event-ID / after must be a stream id like 1700000000000-0.",
+            title="Invalid event id",
+        ) from None
     if ms < 0 or seq < 0:
         raise ApiError(400, "VALIDATION_ERROR", "Event ids are non-negative.", title="Invalid event id")
     return f"{ms}-{seq}"
@@ -53,9 +57,7 @@ class RunService:
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
-    async def start(
-        self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions
-    ) -> tuple[Session, UUID]:
+    async def start(self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions) -> tuple[Session, UUID]:
         await self._require_valkey()
         if session_id is None:
             session = await self.sessions.create_session(
@@ -67,7 +69,9 @@ class RunService:
         run_id, session = await self.manager.start_run(owner_key_id, session, msgspec.structs.asdict(options))
         return session, run_id
 
-    def stream(self, session_id: UUID, after: str = STREAM_START, run_id: UUID | None = None) -> AsyncIterator[list[SSEFrame] | None]:
+    def stream(
+        self, session_id: UUID, after: str = STREAM_START, run_id: UUID | None = None
+    ) -> AsyncIterator[list[SSEFrame] | None]:
         return self.follower.follow(session_id, after, run_id=run_id)
 
     async def single(self, owner_key_id: UUID, body: QueryRequest) -> QueryResult:
@@ -89,7 +93,10 @@ class RunService:
         if result is not None and error is None and reason == "completed":
             return msgspec.convert({**result, "error": None}, QueryResult)
         if error is None:
-            error = {"code": "AGENT_ERROR" if reason == "error" else "INTERRUPTED", "message": f"The run ended: {reason}."}
+            error = {
+                "code": "AGENT_ERROR" if reason == "error" else "INTERRUPTED",
+                "message": f"The run ended: {reason}.",
+            }
         base = result or {}
         return QueryResult(
             session_id=session.id,
@@ -105,7 +112,9 @@ class RunService:
             error=RunError(code=str(error.get("code", "AGENT_ERROR")), message=str(error.get("message", ""))),
         )
 
-    async def events(self, owner_key_id: UUID, session_id: UUID, after: str) -> AsyncIterator[list[SSEFrame] | None] | None:
+    async def events(
+        self, owner_key_id: UUID, session_id: UUID, after: str
+    ) -> AsyncIterator[list[SSEFrame] | None] | None:
         """None when the session never ran (the caller answers 204)."""
         session = await self.sessions.get_session(session_id, owner_key_id)
         if session.last_run_at is None:
@@ -141,8 +150,14 @@ class RunService:
             reply_key = scoped_key(session_id, f"reply:{secrets.token_hex(8)}")
             try:
                 await infra.control.publish(
-                    {"type": "answer", "session_id": str(session_id), "run_id": str(lease.run_id),
-                     "answer": answer, "question_id": question_id, "reply_key": reply_key}
+                    {
+                        "type": "answer",
+                        "session_id": str(session_id),
+                        "run_id": str(lease.run_id),
+                        "answer": answer,
+                        "question_id": question_id,
+                        "reply_key": reply_key,
+                    }
                 )
                 reply = await infra.control.wait_reply(reply_key, self.manager.settings.runs.answer_timeout)
             except VALKEY_ERRORS as exc:
@@ -151,4 +166,6 @@ class RunService:
                 raise not_running(session_id)
             outcome = reply.get("outcome")
         if outcome != "delivered":
-            raise ApiError(409, "NO_PENDING_QUESTION", "The run is not waiting for an answer.", title="No pending question")
+            raise ApiError(
+                409, "NO_PENDING_QUESTION", "The run is not waiting for an answer.", title="No pending question"
+            )

@@ -30,7 +30,9 @@ class EventFollower:
         self.alchemy = alchemy
         self.ping_ms = max(1, int(ping_interval * 1000))
 
-    async def follow(self, session_id: UUID, after: str, *, run_id: UUID | None = None) -> AsyncIterator[list[SSEFrame] | None]:
+    async def follow(
+        self, session_id: UUID, after: str, *, run_id: UUID | None = None
+    ) -> AsyncIterator[list[SSEFrame] | None]:
         """Batches of frames in stream order, ending with the one holding `done`; None means "ping now"."""
         metrics.stream_followers.inc()
         try:
@@ -65,7 +67,9 @@ class EventFollower:
                     continue
             batch: list[SSEFrame] = []
             for entry in entries:
-                frame = SSEFrame(id=entry.id, event=entry.fields.get("e", b"message").decode(), data=entry.fields.get("d", b"{}"))
+                frame = SSEFrame(
+                    id=entry.id, event=entry.fields.get("e", b"message").decode(), data=entry.fields.get("d", b"{}")
+                )
                 batch.append(frame)
                 last = entry.id
                 if frame.event == "done":
@@ -77,22 +81,31 @@ class EventFollower:
         if await self.infra.lease.get(active_key(session_id)) is not None:
             return False
         async with self.alchemy.get_session() as db:
-            status = (await db.execute(select(AgentSession.status).where(AgentSession.id == session_id))).scalar_one_or_none()
+            status = (
+                await db.execute(select(AgentSession.status).where(AgentSession.id == session_id))
+            ).scalar_one_or_none()
         return status != "running"
 
     async def _replay_from_db(self, session_id: UUID, run_id: UUID, after: str) -> list[SSEFrame]:
         ms, seq = parse_entry_id(after)
         async with self.alchemy.get_session() as db:
             rows = (
-                await db.execute(
-                    select(SessionEvent)
-                    .where(
-                        SessionEvent.session_id == session_id,
-                        SessionEvent.run_id == run_id,
-                        or_(SessionEvent.stream_ms > ms, and_(SessionEvent.stream_ms == ms, SessionEvent.stream_seq > seq)),
+                (
+                    await db.execute(
+                        select(SessionEvent)
+                        .where(
+                            SessionEvent.session_id == session_id,
+                            SessionEvent.run_id == run_id,
+                            or_(
+                                SessionEvent.stream_ms > ms,
+                                and_(SessionEvent.stream_ms == ms, SessionEvent.stream_seq > seq),
+                            ),
+                        )
+                        .order_by(SessionEvent.stream_ms, SessionEvent.stream_seq)
                     )
-                    .order_by(SessionEvent.stream_ms, SessionEvent.stream_seq)
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
 
         return [SSEFrame(id=row.stream_id, event=row.event, data=msgspec.json.encode(row.data)) for row in rows]

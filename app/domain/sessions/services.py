@@ -17,6 +17,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from app.db.models import AgentSession, SessionEvent, TranscriptEntry
 from app.domain.sessions.cache import MISS, SessionCache
+from app.domain.sessions.keys import active_key, events_key, interrupt_key, lock_key
 from app.domain.sessions.schemas import (
     ActiveRun,
     MessagePage,
@@ -28,9 +29,8 @@ from app.domain.sessions.schemas import (
     Usage,
 )
 from app.lib.problems import ApiError
-from app.lib.valkey.errors import VALKEY_ERRORS
-from app.domain.sessions.keys import active_key, events_key, interrupt_key, lock_key
 from app.lib.valkey.control import ControlChannel, SignalMarker
+from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock, LockTimeoutError
@@ -109,7 +109,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             stmt = stmt.execution_options(populate_existing=True)
         if for_update:
             stmt = stmt.with_for_update()
-        row = (await self.repository.session.execute(stmt)).scalar_one_or_none()
+        row: AgentSession | None = (await self.repository.session.execute(stmt)).scalar_one_or_none()
         if row is None:
             raise session_not_found(session_id)
         return row

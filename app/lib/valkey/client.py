@@ -16,7 +16,9 @@ class ValkeyClients:
     blocking: Valkey
 
     @classmethod
-    def from_url(cls, url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int) -> ValkeyClients:
+    def from_url(
+        cls, url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int
+    ) -> ValkeyClients:
         main = Valkey.from_url(
             url,
             socket_timeout=socket_timeout,

@@ -50,7 +50,8 @@ class ControlChannel:
         await pipe.execute()
 
     async def wait_reply(self, reply_key: str, timeout: float) -> dict[str, Any] | None:
-        result = await self._blocking.blpop([reply_key], timeout=timeout)
+        # BLPOP takes whole seconds (0 would mean "forever").
+        result = await self._blocking.blpop([reply_key], timeout=max(1, round(timeout)))  # type: ignore[misc]
         if result is None:
             return None
         decoded: dict[str, Any] = msgspec.json.decode(result[1])
@@ -95,7 +96,7 @@ class ControlChannel:
                 delay = min(delay * 2, 1.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 class SignalMarker:

@@ -40,7 +40,7 @@ class EventLog:
             return []
         pipe = self._client.pipeline(transaction=False)
         for fields in entries:
-            pipe.xadd(key, fields)  # type: ignore[arg-type]
+            pipe.xadd(key, fields)  # type: ignore[type-var]
         ids = await pipe.execute()
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
@@ -53,7 +53,9 @@ class EventLog:
     async def delete(self, *keys: str) -> None:
         await self._client.delete(*keys)
 
-    async def read_after(self, key: str, after: str, *, count: int = 1000, block_ms: int | None = None) -> list[LogEntry]:
+    async def read_after(
+        self, key: str, after: str, *, count: int = 1000, block_ms: int | None = None
+    ) -> list[LogEntry]:
         """Entries with ids greater than `after` ("0-0" for all). With `block_ms`, waits up to that long."""
         client = self._blocking if block_ms is not None else self._client
         reply = await client.xread({key: after}, count=count, block=block_ms)
@@ -62,7 +64,10 @@ class EventLog:
         # RESP2 reply: [[stream, [(id, {field: value}), ...]]]
         _, items = reply[0]
         return [
-            LogEntry(id=eid.decode() if isinstance(eid, bytes) else str(eid), fields={k.decode(): v for k, v in fields.items()})
+            LogEntry(
+                id=eid.decode() if isinstance(eid, bytes) else str(eid),
+                fields={k.decode(): v for k, v in fields.items()},
+            )
             for eid, fields in items
         ]
 

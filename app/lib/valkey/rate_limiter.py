@@ -35,5 +35,8 @@ class FixedWindowRateLimiter:
         count, _ = await pipe.execute()
         reset_after = max(1, int(window_start + self.window - now + 0.999))
         return RateDecision(
-            allowed=int(count) <= self.limit, limit=self.limit, remaining=max(0, self.limit - int(count)), reset_after=reset_after
+            allowed=int(count) <= self.limit,
+            limit=self.limit,
+            remaining=max(0, self.limit - int(count)),
+            reset_after=reset_after,
         )

@@ -14,7 +14,8 @@ _SET_IF_NEWER = """
 local cur = redis.call('get', KEYS[1])
 if cur then
   local ok, decoded = pcall(cjson.decode, cur)
-  if ok and type(decoded) == 'table' and tonumber(decoded['version']) and tonumber(decoded['version']) >= tonumber(ARGV[1]) then
+  local version = ok and type(decoded) == 'table' and tonumber(decoded['version'])
+  if version and version >= tonumber(ARGV[1]) then
     return 0
   end
 end
