@@ -41,4 +41,4 @@ class AgentSession(UUIDv7AuditBase):
     active_started_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None, nullable=True)
     agent_session_id: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
 
-    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+    __mapper_args__ = {"version_id_col": version}
