@@ -123,6 +123,9 @@ async def test_busy_session_gets_409_from_the_other_instance(a: Instance, b: Ins
         finally:
             await resp.aclose()
         assert (await session_status(cb, sid))["status"] == "interrupted"
+        msgs = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
+        assert [m["event"] for m in msgs][-2:] == ["result", "done"]
+        assert msgs[-2]["data"]["stop_reason"] == "interrupted" and msgs[-2]["data"]["is_error"] is False
 
 
 async def test_interrupt_from_other_instance_is_fast(a: Instance, b: Instance, api_key: str) -> None:

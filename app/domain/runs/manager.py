@@ -49,6 +49,7 @@ def valkey_unavailable() -> ApiError:
 @dataclass
 class RunStats:
     agent_session_id: str | None = None
+    saw_result: bool = False
     num_turns: int = 0
     total_cost_usd: float = 0.0
     input_tokens: int = 0
@@ -215,6 +216,9 @@ class RunManager:
                     await consumer
                 if run.lease_lost:
                     run.recorder.add("error", {"code": "RUN_LOST", "message": "The run lost its lease."})
+                elif not stats.saw_result:
+                    # Every run that did not fail ends with a `result` (SPEC §4), an interrupted one too.
+                    run.recorder.add("result", self._interrupted_result(run, stats))
         except Exception as exc:
             logger.exception("run %s failed", run.run_id)
             run.recorder.add("error", {"code": "AGENT_ERROR", "message": str(exc) or type(exc).__name__})
@@ -231,6 +235,21 @@ class RunManager:
                 self.runs.pop(run.run_id, None)
                 run.finished.set()
 
+    @staticmethod
+    def _interrupted_result(run: LocalRun, stats: RunStats) -> dict[str, Any]:
+        return {
+            "session_id": str(run.session_id),
+            "run_id": str(run.run_id),
+            "is_error": False,
+            "num_turns": stats.num_turns,
+            "duration_ms": int((time.monotonic() - run.started) * 1000),
+            "total_cost_usd": stats.total_cost_usd,
+            "usage": {"input_tokens": stats.input_tokens, "output_tokens": stats.output_tokens},
+            "result": None,
+            "structured_output": None,
+            "stop_reason": "interrupted",
+        }
+
     async def _consume(self, run: LocalRun, stats: RunStats) -> str:
         reason = "completed"
         saw_result = False
@@ -246,7 +265,7 @@ class RunManager:
                         await self._update(run, lambda row: setattr(row, "agent_session_id", stats.agent_session_id))
                     data = {"session_id": str(run.session_id), "run_id": str(run.run_id), **data}
                 elif event.event == "result":
-                    saw_result = True
+                    saw_result = stats.saw_result = True
                     data = {
                         "session_id": str(run.session_id),
                         "run_id": str(run.run_id),
