@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import click
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar import Litestar
+from litestar.cli._utils import LitestarGroup
 
 from app.domain.keys.services import ApiKeyService
 
@@ -16,7 +17,8 @@ T = TypeVar("T")
 
 
 def _run(app: Litestar, work: Callable[[ApiKeyService], Awaitable[T]]) -> T:
-    config = app.plugins.get(SQLAlchemyPlugin).config
+    # The plugin holds a list of configs; the app keeps its one config in state.
+    config = app.state["alchemy_config"]
     assert isinstance(config, SQLAlchemyAsyncConfig)
 
     async def main() -> T:
@@ -29,7 +31,8 @@ def _run(app: Litestar, work: Callable[[ApiKeyService], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-@click.group(name="keys", help="Manage API keys (stored hashed).")
+# LitestarGroup injects the `app` argument into the commands (a plain click group does not).
+@click.group(name="keys", cls=LitestarGroup, help="Manage API keys (stored hashed).")
 def keys_group() -> None:
     pass
 

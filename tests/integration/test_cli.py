@@ -1,0 +1,114 @@
+"""`agent-api keys create|list|revoke` as real subprocesses against the test database (SPEC §1, §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+
+from app.asgi import build_alchemy_config
+from app.domain.keys.hashing import hash_key
+from tests.conftest import Instance, InstanceFactory, make_settings
+from tests.helpers import assert_problem, wait_for
+from tests.servers import TestServers
+
+ROOT = Path(__file__).resolve().parents[2]
+API = "/api/v1/sessions"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def agent_api(servers: TestServers, *args: str) -> Result:
+    env = {k: v for k, v in os.environ.items() if k not in {"API_KEY", "VALKEY_URL", "LITESTAR_APP"}}
+    env["DATABASE_URL"] = servers.database_url
+    env["DATABASE_MIGRATE_ON_STARTUP"] = "false"
+    proc = await asyncio.create_subprocess_exec(
+        "uv",
+        "run",
+        "--no-sync",
+        "agent-api",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def key_rows_as_text(servers: TestServers) -> list[str]:
+    config = build_alchemy_config(make_settings(servers, "cli-check"))
+    try:
+        async with config.get_engine().connect() as conn:
+            rows = (await conn.execute(text("SELECT CAST(api_key.* AS text) FROM api_key"))).scalars().all()
+            return [str(r) for r in rows]
+    finally:
+        await config.get_engine().dispose()
+
+
+async def test_keys_create_list_revoke(servers: TestServers, instance_factory: InstanceFactory) -> None:
+    name = f"cli-{secrets.token_hex(4)}"
+    created = await agent_api(servers, "keys", "create", "--name", name)
+    assert created.code == 0, created.stderr
+    lines = created.stdout.strip().splitlines()
+    key = lines[-1].strip()
+    assert key.startswith("aak_")
+    assert len(key) >= 40
+    assert " " not in key
+
+    # Only the hash is stored: the plaintext is in no column of any row.
+    rows = await key_rows_as_text(servers)
+    assert any(hash_key(key) in r for r in rows)
+    assert not any(key in r for r in rows)
+
+    inst: Instance = await instance_factory("cli", app__auth_cache_ttl=0.2)
+    async with inst.client(key) as c:
+        made = await c.post(API, json={"title": "via cli key"})
+        assert made.status_code == 201, made.text
+        async with httpx.AsyncClient(base_url=inst.base_url, headers={"Authorization": f"Bearer {key}"}) as bearer:
+            assert (await bearer.get(API)).json()["total"] == 1
+
+        # Independent commands run side by side (each one is a Python start-up).
+        listed, duplicate = await asyncio.gather(
+            agent_api(servers, "keys", "list"), agent_api(servers, "keys", "create", "--name", name)
+        )
+        assert listed.code == 0, listed.stderr
+        assert key not in listed.stdout
+        assert key not in listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if line.split() and line.split()[0] == name)
+        assert key[:12] in row  # the non-secret prefix identifies it
+        assert row.split()[-1] == "-"  # not revoked
+
+        assert duplicate.code != 0
+        assert "already exists" in duplicate.stderr + duplicate.stdout
+
+        revoked = await agent_api(servers, "keys", "revoke", name)
+        assert revoked.code == 0, revoked.stderr
+        assert key not in revoked.stdout
+
+        async def refused() -> bool:
+            return (await c.get(API)).status_code == 401
+
+        await wait_for(refused, timeout=5, what="revoked CLI key refused")
+        assert_problem(await c.post(API, json={}), 401, "UNAUTHORIZED")
+
+        listed, again = await asyncio.gather(
+            agent_api(servers, "keys", "list"), agent_api(servers, "keys", "revoke", name)
+        )
+        row = next(line for line in listed.stdout.splitlines() if line.split() and line.split()[0] == name)
+        assert row.split()[-1] != "-"  # the revocation time
+        assert again.code != 0
+        assert "no active key" in again.stderr + again.stdout
+    assert not any(key in r for r in await key_rows_as_text(servers))
