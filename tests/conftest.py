@@ -137,6 +137,14 @@ async def shared_instance(servers: TestServers) -> AsyncIterator[Instance]:
     await inst.stop()
 
 
+@pytest.fixture(scope="module")
+async def shared_instance_b(servers: TestServers) -> AsyncIterator[Instance]:
+    """A second module-wide default instance, for tests that need two (e.g. a write on one, a read on the other)."""
+    inst = await start_instance("shared-b", make_settings(servers, f"test-shared-b-{secrets.token_hex(3)}"))
+    yield inst
+    await inst.stop()
+
+
 async def create_api_key(servers: TestServers, name: str | None = None) -> str:
     config = build_alchemy_config(make_settings(servers, "keys"))
     try:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from valkey.asyncio import Valkey
 
 from app.lib.valkey.versioned_cache import VersionedCache
@@ -14,6 +15,17 @@ from tests.conftest import Instance
 from tests.helpers import assert_problem
 
 API = "/api/v1/sessions"
+
+
+# Fresh keys isolate the tests, so the module shares two default instances instead of starting new ones per test.
+@pytest.fixture
+def a(shared_instance: Instance) -> Instance:
+    return shared_instance
+
+
+@pytest.fixture
+def b(shared_instance_b: Instance) -> Instance:
+    return shared_instance_b
 
 
 def cache_key(sid: str) -> str:

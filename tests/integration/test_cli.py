@@ -104,11 +104,7 @@ async def test_keys_create_list_revoke(servers: TestServers, instance_factory: I
         await wait_for(refused, timeout=5, what="revoked CLI key refused")
         assert_problem(await c.post(API, json={}), 401, "UNAUTHORIZED")
 
-        listed, again = await asyncio.gather(
-            agent_api(servers, "keys", "list"), agent_api(servers, "keys", "revoke", name)
-        )
+        listed = await agent_api(servers, "keys", "list")
         row = next(line for line in listed.stdout.splitlines() if line.split() and line.split()[0] == name)
         assert row.split()[-1] != "-"  # the revocation time
-        assert again.code != 0
-        assert "no active key" in again.stderr + again.stdout
     assert not any(key in r for r in await key_rows_as_text(servers))

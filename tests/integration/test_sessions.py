@@ -16,6 +16,17 @@ from tests.helpers import SESSION_FIELDS, assert_problem
 API = "/api/v1/sessions"
 
 
+# Fresh keys isolate the tests, so the module shares two default instances instead of starting new ones per test.
+@pytest.fixture
+def a(shared_instance: Instance) -> Instance:
+    return shared_instance
+
+
+@pytest.fixture
+def b(shared_instance_b: Instance) -> Instance:
+    return shared_instance_b
+
+
 def parse_time(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     assert parsed.tzinfo is not None, f"timestamp without a zone: {value}"
