@@ -9,9 +9,13 @@ from uuid import UUID
 
 import httpx
 import pytest
+from sqlalchemy import text
+from valkey.asyncio import Valkey
 
-from tests.conftest import Instance
+from app.asgi import build_alchemy_config
+from tests.conftest import Instance, make_settings
 from tests.helpers import SESSION_FIELDS, assert_problem
+from tests.servers import TestServers
 
 API = "/api/v1/sessions"
 
@@ -354,3 +358,76 @@ async def test_concurrent_creates_all_listed(a: Instance, b: Instance, api_key: 
         assert {s["id"] for s in page["items"]} == {s["id"] for s in created}
         stamps = [parse_time(s["created_at"]) for s in page["items"]]
         assert stamps == sorted(stamps, reverse=True)
+
+
+async def sql(servers: TestServers, statement: str, **params: Any) -> list[Any]:
+    config = build_alchemy_config(make_settings(servers, "sql"))
+    try:
+        async with config.get_engine().begin() as conn:
+            result = await conn.execute(text(statement), params)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await config.get_engine().dispose()
+
+
+async def test_messages_fork_and_delete_carry_the_transcript(
+    servers: TestServers, a: Instance, b: Instance, api_key: str, valkey: Valkey
+) -> None:
+    async with a.client(api_key) as ca, b.client(api_key) as cb:
+        sid = (await create(ca, title="with history"))["id"]
+        run_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+        # Stream ids order numerically, not as text: 9-5 < 10-2 < 10-10.
+        for ms, seq, event in ((10, 10, "result"), (9, 5, "init"), (10, 2, "message"), (11, 0, "done")):
+            await sql(
+                servers,
+                "INSERT INTO session_event (session_id, run_id, stream_ms, stream_seq, event, data, created_at,"
+                " updated_at) VALUES (:sid, :run, :ms, :seq, :event, CAST(:data AS jsonb), now(), now())",
+                sid=sid,
+                run=run_id,
+                ms=ms,
+                seq=seq,
+                event=event,
+                data=f'{{"n": "{ms}-{seq}"}}',
+            )
+        for n in range(3):
+            await sql(
+                servers,
+                "INSERT INTO transcript_entry (session_id, subpath, entry, created_at, updated_at)"
+                " VALUES (:sid, '', CAST(:entry AS jsonb), now(), now())",
+                sid=sid,
+                entry=f'{{"n": {n}}}',
+            )
+        await valkey.xadd(f"agentapi:{{{sid}}}:events", {"event": "done", "data": "{}"})
+        await valkey.set(f"agentapi:{{{sid}}}:interrupt", "1", ex=60)
+
+        page = (await cb.get(f"{API}/{sid}/messages")).json()
+        assert page["total"] == 4
+        assert [m["id"] for m in page["items"]] == ["9-5", "10-2", "10-10", "11-0"]
+        assert [m["event"] for m in page["items"]] == ["init", "message", "result", "done"]
+        first = page["items"][0]
+        assert set(first) == {"id", "run_id", "event", "data", "created_at"}
+        assert first["run_id"] == run_id
+        assert first["data"] == {"n": "9-5"}
+        parse_time(first["created_at"])
+        second_page = (await ca.get(f"{API}/{sid}/messages", params={"limit": 2, "offset": 2})).json()
+        assert [m["id"] for m in second_page["items"]] == ["10-10", "11-0"]
+        assert second_page["total"] == 4
+
+        child = (await ca.post(f"{API}/{sid}/fork", json={"title": "child"})).json()
+        child_page = (await cb.get(f"{API}/{child['id']}/messages")).json()
+        assert [(m["id"], m["event"], m["data"]) for m in child_page["items"]] == [
+            (m["id"], m["event"], m["data"]) for m in page["items"]
+        ]
+        child_transcript = await sql(
+            servers, "SELECT entry FROM transcript_entry WHERE session_id = :sid ORDER BY id", sid=child["id"]
+        )
+        assert [r[0] for r in child_transcript] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+        assert (await cb.delete(f"{API}/{sid}")).status_code == 204
+        for table in ("session_event", "transcript_entry"):
+            rows = await sql(servers, f"SELECT count(*) FROM {table} WHERE session_id = :sid", sid=sid)
+            assert rows[0][0] == 0, table
+        assert not await valkey.exists(f"agentapi:{{{sid}}}:events")
+        assert not await valkey.exists(f"agentapi:{{{sid}}}:interrupt")
+        # The fork keeps its own copy.
+        assert (await ca.get(f"{API}/{child['id']}/messages")).json()["total"] == 4

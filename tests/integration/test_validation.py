@@ -225,7 +225,7 @@ async def test_large_but_valid_offset_is_an_empty_page(client: httpx.AsyncClient
 
 @pytest.mark.parametrize(
     "value",
-    [b"abc", b'"abc"', b'"1.5"', b'"-1"', b'W/"x"', b'"1", "2"', b"\xb2", b'"\xb2"', b'"\xd9\xa1"', b'""'],
+    [b"abc", b'"abc"', b'"1.5"', b'"-1"', b'W/"x"', b"\xb2", b'"\xb2"', b'"\xd9\xa1"', b'""'],
 )
 async def test_bad_if_match_is_validation_error(client: httpx.AsyncClient, sid: str, value: bytes) -> None:
     resp = await client.patch(f"{API}/{sid}", json={"title": "nope"}, headers=[(b"If-Match", value)])
