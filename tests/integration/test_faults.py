@@ -137,8 +137,9 @@ async def test_sessions_work_from_postgres_while_valkey_is_down_and_recover(
 
 
 async def test_postgres_down_gives_503_quickly_and_recovers(
-    servers: TestServers, a: Instance, b: Instance, api_key: str, valkey: Valkey
+    servers: TestServers, a: Instance, b: Instance, api_key: str, other_api_key: str, valkey: Valkey
 ) -> None:
+    unseen_key = other_api_key
     async with a.client(api_key) as ca, b.client(api_key) as cb, a.client() as anon:
         cached_sid = (await ca.post(API, json={"title": "cached"})).json()["id"]
         uncached_sid = (await ca.post(API, json={"title": "uncached"})).json()["id"]
@@ -161,6 +162,10 @@ async def test_postgres_down_gives_503_quickly_and_recovers(
                 body = assert_problem(resp, 503, "DATABASE_UNAVAILABLE")
                 assert resp.headers.get("retry-after", "").isdigit(), (what, resp.headers)
                 assert body["detail"], what
+
+            # A key this instance has not seen yet cannot be checked: that is the database's fault, not a 401.
+            async with a.client(unseen_key) as unseen:
+                assert_problem(await timed(unseen.get(API), 10), 503, "DATABASE_UNAVAILABLE")
 
             ready = await timed(anon.get("/health/ready"), 10)
             assert ready.status_code == 503
