@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -17,6 +17,7 @@ from tests.helpers import assert_problem, wait_for
 from tests.servers import TestServers
 
 pytestmark = pytest.mark.faults
+T = TypeVar("T")
 
 API = "/api/v1/sessions"
 
@@ -31,8 +32,8 @@ def cache_key(sid: str) -> str:
     return f"agentapi:{{{sid}}}:session"
 
 
-async def timed(call: Awaitable[httpx.Response], limit: float) -> httpx.Response:
-    """The response, which must come back within `limit` seconds (a fault must not make requests hang)."""
+async def timed(call: Awaitable[T], limit: float) -> T:
+    """The result, which must come back within `limit` seconds (a fault must not make requests hang)."""
     started = time.monotonic()
     resp = await asyncio.wait_for(call, limit)
     elapsed = time.monotonic() - started
@@ -121,6 +122,7 @@ async def test_sessions_work_from_postgres_while_valkey_is_down_and_recover(
             return json.loads(raw) if raw else None
 
         entry = await wait_for(recached, timeout=5, what="session re-cached")
+        assert entry is not None
         assert entry["version"] == 12
 
         # Writes take the lock again and keep the cache current, on both instances, without a restart.

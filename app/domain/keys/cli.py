@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import click
+from advanced_alchemy.exceptions import DuplicateKeyError
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar import Litestar
 from litestar.cli._utils import LitestarGroup
@@ -37,13 +38,16 @@ def keys_group() -> None:
     pass
 
 
-@keys_group.command(name="create", help="Create a key; prints it once, alone on the last line.")
+@click.command(name="create", help="Create a key; prints it once, alone on the last line.")
 @click.option("--name", required=True, help="A unique name for the key.")
 def create_key(app: Litestar, name: str) -> None:
     async def work(service: ApiKeyService) -> str:
         if await service.get_one_or_none(name=name) is not None:
             raise click.ClickException(f"a key named {name!r} already exists")
-        _, plaintext = await service.create_key(name)
+        try:
+            _, plaintext = await service.create_key(name)
+        except DuplicateKeyError as exc:  # created concurrently by someone else
+            raise click.ClickException(f"a key named {name!r} already exists") from exc
         return plaintext
 
     plaintext = _run(app, work)
@@ -51,7 +55,7 @@ def create_key(app: Litestar, name: str) -> None:
     click.echo(plaintext)
 
 
-@keys_group.command(name="list", help="List keys (name, prefix, created, revoked).")
+@click.command(name="list", help="List keys (name, prefix, created, revoked).")
 def list_keys(app: Litestar) -> None:
     async def work(service: ApiKeyService) -> list[tuple[str, str, str, str]]:
         rows = await service.list()
@@ -65,9 +69,14 @@ def list_keys(app: Litestar) -> None:
         click.echo(f"{name:<24} {prefix:<14} {created:<34} {revoked}")
 
 
-@keys_group.command(name="revoke", help="Revoke a key by name; every instance refuses it within 60 s.")
+@click.command(name="revoke", help="Revoke a key by name; every instance refuses it within 60 s.")
 @click.argument("name")
 def revoke_key(app: Litestar, name: str) -> None:
     if not _run(app, lambda service: service.revoke(name)):
         raise click.ClickException(f"no active key named {name!r}")
     click.echo(f"Revoked {name!r}.")
+
+
+# Added through LitestarGroup.add_command, which wraps each callback to inject `app`.
+for _command in (create_key, list_keys, revoke_key):
+    keys_group.add_command(_command)  # type: ignore[arg-type]  # typed for rich-click's Command subclass
