@@ -36,8 +36,10 @@ from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.keys import CONTROL_CHANNEL
+from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionInfra
 from app.lib import metrics, migrations
+from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
 from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.event_log import EventLog
@@ -76,9 +78,11 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         settings = self.settings
         clients = self.valkey.clients
         infra = SessionInfra(
-            cache=SessionCache(VersionedCache(clients.main, ttl=settings.sessions.cache_ttl)),
+            cache=SessionCache(VersionedCache(clients.main, ttl=settings.sessions.cache_ttl, getter=clients.getter)),
             lock=DistributedLock(
-                clients.main, ttl_ms=settings.sessions.lock_ttl_ms, timeout=settings.sessions.lock_timeout,
+                clients.main,
+                ttl_ms=settings.sessions.lock_ttl_ms,
+                timeout=settings.sessions.lock_timeout,
                 observe=observe_lock,
             ),
             lease=RunLease(clients.main, ttl_ms=settings.runs.lease_ttl_ms),
@@ -95,6 +99,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
                 "alchemy_config": self.alchemy,
                 "authenticator": ApiKeyAuthenticator(self.alchemy, settings.app.auth_cache_ttl),
                 "session_infra": infra,
+                "session_reader": SessionReader(infra, self.alchemy),
                 "run_manager": self.run_manager,
                 "event_follower": EventFollower(infra, self.alchemy, settings.runs.ping_interval),
                 "run_reaper": self.reaper,
@@ -128,7 +133,7 @@ def observe_lock(outcome: str, waited: float) -> None:
 
 
 def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
-    return SQLAlchemyAsyncConfig(
+    config = SQLAlchemyAsyncConfig(
         connection_string=settings.db.async_url,
         before_send_handler="autocommit",
         session_config=AsyncSessionConfig(expire_on_commit=False),
@@ -146,6 +151,8 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
         ),
         create_all=False,
     )
+    config.before_send_handler = lazy_autocommit_handler(config.session_scope_key)
+    return config
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

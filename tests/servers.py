@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ def free_port() -> int:
 
 @dataclass
 class TestServers:
+    __test__ = False  # not a test class, despite the name
     database_url: str = ""
     valkey_url: str = ""
     embedded: bool = False
@@ -87,9 +89,7 @@ class TestServers:
     def close(self) -> None:
         self.stop_valkey()
         if self._pg is not None:
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError, OSError, AssertionError):
                 self._pg.cleanup()
-            except (subprocess.CalledProcessError, OSError, AssertionError):
-                pass
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)

@@ -9,7 +9,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from app.domain.keys.auth import Principal
-from app.domain.sessions.dependencies import provide_session_service
+from app.domain.sessions.dependencies import provide_session_reader, provide_session_service
+from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import (
     NO_NUL,
     MessagePage,
@@ -50,7 +51,10 @@ def parse_if_match(value: str | None) -> int | None:
 class SessionController(Controller):
     path = "/api/v1/sessions"
     tags = ["Sessions"]
-    dependencies = {"session_service": Provide(provide_session_service)}
+    dependencies = {
+        "session_service": Provide(provide_session_service),
+        "session_reader": Provide(provide_session_reader, sync_to_thread=False),
+    }
 
     @post("/", status_code=201, summary="Create a session", responses=problem_responses(422))
     async def create_session(
@@ -74,9 +78,9 @@ class SessionController(Controller):
 
     @get("/{session_id:uuid}", summary="Get a session (cache-aside)", responses=problem_responses(404))
     async def get_session(
-        self, request: AuthedRequest, session_service: NamedDependency[SessionService], session_id: FromPath[UUID]
+        self, request: AuthedRequest, session_reader: NamedDependency[SessionReader], session_id: FromPath[UUID]
     ) -> Response[Session]:
-        return with_etag(await session_service.get_session(session_id, request.user.key_id))
+        return with_etag(await session_reader.get(session_id, request.user.key_id))
 
     @patch(
         "/{session_id:uuid}",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,10 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         if cached is not MISS:
             assert isinstance(cached, Session)
             return cached
+        return await self.load_and_cache(session_id, owner_key_id)
+
+    async def load_and_cache(self, session_id: UUID, owner_key_id: UUID) -> Session:
+        """A cache miss: read Postgres and re-cache (set-if-newer, so a racing writer always wins)."""
         session = to_schema(await self.load_owned(session_id, owner_key_id))
         await self.cache.put(session, owner_key_id)
         return session
@@ -146,7 +151,9 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         await self.get_session(session_id, owner_key_id)
         db = self.repository.session
         total = (
-            await db.execute(select(func.count()).select_from(SessionEvent).where(SessionEvent.session_id == session_id))
+            await db.execute(
+                select(func.count()).select_from(SessionEvent).where(SessionEvent.session_id == session_id)
+            )
         ).scalar_one()
         rows = (
             await db.execute(
@@ -202,7 +209,10 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 token = await self.lock.acquire(key)
             except LockTimeoutError as exc:
                 raise ApiError(
-                    409, "SESSION_LOCKED", "The session is locked by another writer; try again.", headers={"Retry-After": "1"}
+                    409,
+                    "SESSION_LOCKED",
+                    "The session is locked by another writer; try again.",
+                    headers={"Retry-After": "1"},
                 ) from exc
             except VALKEY_ERRORS:
                 token = None
@@ -232,11 +242,11 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 return session
             finally:
                 if token is not None:
-                    try:
+                    with contextlib.suppress(*VALKEY_ERRORS):
                         await self.lock.release(key, token)
-                    except VALKEY_ERRORS:
-                        pass
-        raise ApiError(409, "VERSION_CONFLICT", "The session kept changing concurrently; try again.", title="Version conflict")
+        raise ApiError(
+            409, "VERSION_CONFLICT", "The session kept changing concurrently; try again.", title="Version conflict"
+        )
 
     async def update_session(
         self, session_id: UUID, owner_key_id: UUID, data: SessionUpdate, *, expected_version: int | None
@@ -256,7 +266,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         session = await self.update_fenced(session_id, owner_key_id, mutate, expected_version=expected_version)
         if data.permission_mode is not UNSET and session.active_run is not None:
             # The instance running the agent applies it live (see runs.control).
-            try:
+            with contextlib.suppress(*VALKEY_ERRORS):
                 await self.infra.control.publish(
                     {
                         "type": "permission_mode",
@@ -265,8 +275,6 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                         "permission_mode": data.permission_mode,
                     }
                 )
-            except VALKEY_ERRORS:
-                pass
         return session
 
     async def run_is_active(self, session_id: UUID, row: AgentSession) -> bool:
@@ -279,15 +287,16 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     async def delete_session(self, session_id: UUID, owner_key_id: UUID) -> None:
         row = await self.load_owned(session_id, owner_key_id)
         if await self.run_is_active(session_id, row):
-            raise ApiError(409, "SESSION_BUSY", "The session has an active run; interrupt it first.", title="Session busy")
+            raise ApiError(
+                409, "SESSION_BUSY", "The session has an active run; interrupt it first.", title="Session busy"
+            )
         db = self.repository.session
         await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
         await db.commit()
         await self.cache.tombstone(session_id)
-        try:
+        # The stream expires on its own if this fails; the session row is gone, so nothing serves it.
+        with contextlib.suppress(*VALKEY_ERRORS):
             await self.infra.events.delete(events_key(session_id), interrupt_key(session_id))
-        except VALKEY_ERRORS:
-            pass  # The stream expires on its own; the session row is gone, so nothing serves it.
 
     async def fork_session(self, session_id: UUID, owner_key_id: UUID, title: str | None) -> Session:
         parent = await self.load_owned(session_id, owner_key_id)

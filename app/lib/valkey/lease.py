@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from valkey.asyncio import Valkey
 
+from app.lib.valkey.timeouts import bounded
+
 # Renew if we still own it; re-take it if it vanished (Valkey flushed or restarted) so a live run keeps
 # its claim; report loss if someone else holds it.
 _RENEW = """
@@ -39,24 +41,29 @@ class RunLease:
 
     async def acquire(self, key: str, token: bytes) -> bool:
         """`token` is the lease value itself (e.g. the JSON `{run_id, instance_id, started_at}`)."""
-        return bool(await self._client.set(key, token, nx=True, px=self.ttl_ms))
+        async with bounded():
+            return bool(await self._client.set(key, token, nx=True, px=self.ttl_ms))
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._client.get(key)
+        async with bounded():
+            value: bytes | None = await self._client.get(key)
         return value
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values: list[bytes | None] = await self._client.mget(keys)
+        async with bounded():
+            values: list[bytes | None] = await self._client.mget(keys)
         return values
 
     async def renew(self, key: str, token: bytes) -> bool:
         """False when another owner holds the lease: the caller has lost it and must stop."""
-        return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))
+        async with bounded():
+            return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))
 
     async def release(self, key: str, token: bytes) -> bool:
-        return bool(await self._release(keys=[key], args=[token]))
+        async with bounded():
+            return bool(await self._release(keys=[key], args=[token]))
 
     async def release_with_entry(
         self, key: str, token: bytes, stream_key: str, fields: dict[str, str | bytes], stream_ttl: int
@@ -67,5 +74,6 @@ class RunLease:
         flat: list[str | bytes] = []
         for name, value in fields.items():
             flat.extend((name, value))
-        released, entry_id = await self._release_with_entry(keys=[key, stream_key], args=[token, stream_ttl, *flat])
+        async with bounded():
+            released, entry_id = await self._release_with_entry(keys=[key, stream_key], args=[token, stream_ttl, *flat])
         return bool(released), entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

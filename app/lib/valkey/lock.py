@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 
 from valkey.asyncio import Valkey
 
+from app.lib.valkey.timeouts import bounded
+
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -49,7 +51,9 @@ class DistributedLock:
         deadline = started + self.timeout
         delay = self._initial_delay
         while True:
-            if await self._client.set(key, token, nx=True, px=self.ttl_ms):
+            async with bounded():
+                acquired = await self._client.set(key, token, nx=True, px=self.ttl_ms)
+            if acquired:
                 self._observe("acquired", time.monotonic() - started)
                 return token
             remaining = deadline - time.monotonic()
@@ -62,7 +66,8 @@ class DistributedLock:
 
     async def release(self, key: str, token: str) -> bool:
         """Deletes the key only if it still holds our token (a lock that expired is not ours to free)."""
-        return bool(await self._release(keys=[key], args=[token]))
+        async with bounded():
+            return bool(await self._release(keys=[key], args=[token]))
 
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[str]:

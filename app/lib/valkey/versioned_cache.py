@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from valkey.asyncio import Valkey
 
+from app.lib.valkey.pipelined_get import PipelinedGetter
+from app.lib.valkey.timeouts import bounded
+
 TOMBSTONE = b'{"version":9007199254740991,"deleted":true}'
 
 _SET_IF_NEWER = """
@@ -25,24 +28,31 @@ return 1
 
 
 class VersionedCache:
-    def __init__(self, client: Valkey, *, ttl: int, tombstone_ttl: int = 300) -> None:
+    def __init__(
+        self, client: Valkey, *, ttl: int, tombstone_ttl: int = 300, getter: PipelinedGetter | None = None
+    ) -> None:
         self._client = client
+        self._getter = getter
         self.ttl = ttl
         self.tombstone_ttl = tombstone_ttl
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._client.get(key)
+        async with bounded():
+            value: bytes | None = await (self._getter.get(key) if self._getter else self._client.get(key))
         return value
 
     async def set_if_newer(self, key: str, version: int, payload: bytes) -> bool:
-        return bool(await self._set_if_newer(keys=[key], args=[version, payload, self.ttl]))
+        async with bounded():
+            return bool(await self._set_if_newer(keys=[key], args=[version, payload, self.ttl]))
 
     async def invalidate(self, key: str) -> None:
-        await self._client.delete(key)
+        async with bounded():
+            await self._client.delete(key)
 
     async def tombstone(self, key: str) -> None:
-        await self._client.set(key, TOMBSTONE, ex=self.tombstone_ttl)
+        async with bounded():
+            await self._client.set(key, TOMBSTONE, ex=self.tombstone_ttl)
 
     @staticmethod
     def is_tombstone(value: bytes) -> bool:
