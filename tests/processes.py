@@ -25,7 +25,9 @@ class GranianProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, servers: TestServers, instance_id: str, log_dir: Path, workers: int = 1, **env: str) -> GranianProcess:
+    def start(
+        cls, servers: TestServers, instance_id: str, log_dir: Path, workers: int = 1, **env: str
+    ) -> GranianProcess:
         port = free_port()
         log_path = log_dir / f"{instance_id}.log"
         environ = {
@@ -40,10 +42,26 @@ class GranianProcess:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "app.asgi:create_app",
-                    "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-ws",
+                    sys.executable,
+                    "-m",
+                    "granian",
+                    "--interface",
+                    "asgi",
+                    "--factory",
+                    "app.asgi:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                    "--no-ws",
                 ],
-                cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         server = cls(proc=proc, base_url=f"http://127.0.0.1:{port}", instance_id=instance_id, log_path=log_path)
         server.wait_ready()

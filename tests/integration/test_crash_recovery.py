@@ -26,7 +26,10 @@ async def test_killed_instance_run_is_reaped_and_session_resumes(
     survivor = await instance_factory("survivor", runs__reaper_interval=0.3, runs__lease_renew_interval=0.5)
     try:
         headers = {"X-API-Key": api_key}
-        async with httpx.AsyncClient(base_url=doomed.base_url, headers=headers, timeout=30) as cd, survivor.client(api_key) as cs:
+        async with (
+            httpx.AsyncClient(base_url=doomed.base_url, headers=headers, timeout=30) as cd,
+            survivor.client(api_key) as cs,
+        ):
             sid = (await cs.post("/api/v1/sessions", json={})).json()["id"]
             async with cd.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 60"}) as resp:
                 assert resp.status_code == 200
@@ -40,7 +43,9 @@ async def test_killed_instance_run_is_reaped_and_session_resumes(
                 assert init is not None
                 assert (await cs.get(f"/api/v1/sessions/{sid}")).json()["active_run"]["instance_id"] == "doomed"
                 # A follower on the survivor, then the owner dies.
-                async with cs.stream("GET", f"/api/v1/sessions/{sid}/events", headers={"Last-Event-ID": init.id}) as follow:
+                async with cs.stream(
+                    "GET", f"/api/v1/sessions/{sid}/events", headers={"Last-Event-ID": init.id}
+                ) as follow:
                     doomed.kill()
                     tail = await collect_sse(follow, timeout=30)
             assert [e.event for e in tail][-2:] == ["error", "done"]
@@ -70,7 +75,10 @@ async def test_resume_right_after_lease_lapse_closes_the_lost_run(
     doomed = GranianProcess.start(servers, "doomed2", tmp_path, **FAST_LEASE)
     other = await instance_factory("other", runs__reaper_interval=3600)
     try:
-        async with httpx.AsyncClient(base_url=doomed.base_url, headers={"X-API-Key": api_key}, timeout=30) as cd, other.client(api_key) as co:
+        async with (
+            httpx.AsyncClient(base_url=doomed.base_url, headers={"X-API-Key": api_key}, timeout=30) as cd,
+            other.client(api_key) as co,
+        ):
             sid = (await co.post("/api/v1/sessions", json={})).json()["id"]
             async with cd.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 60"}) as resp:
                 async for ev in iter_sse(resp):

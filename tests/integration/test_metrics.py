@@ -47,7 +47,11 @@ async def test_metrics_aggregate_across_workers(servers: TestServers, api_key: s
         proc.kill()
     hits = "agentapi_session_cache_requests_total"
     assert sample(after, hits, 'result="hit"') - sample(before, hits, 'result="hit"') >= 20
-    assert sample(after, "agentapi_runs_total", 'reason="completed"') - sample(before, "agentapi_runs_total", 'reason="completed"') == 1
+    assert (
+        sample(after, "agentapi_runs_total", 'reason="completed"')
+        - sample(before, "agentapi_runs_total", 'reason="completed"')
+        == 1
+    )
     assert sample(after, "agentapi_lock_acquisitions_total", 'outcome="acquired"') >= 2  # run start and end
     assert sample(after, "agentapi_active_runs") == 0
     assert sample(after, "agentapi_requests_total") > sample(before, "agentapi_requests_total")

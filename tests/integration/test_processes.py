@@ -30,9 +30,10 @@ async def test_run_on_one_process_controlled_from_the_other(
 ) -> None:
     p1, p2 = two_processes
     headers = {"X-API-Key": api_key}
-    async with httpx.AsyncClient(base_url=p1.base_url, headers=headers, timeout=30) as c1, httpx.AsyncClient(
-        base_url=p2.base_url, headers=headers, timeout=30
-    ) as c2:
+    async with (
+        httpx.AsyncClient(base_url=p1.base_url, headers=headers, timeout=30) as c1,
+        httpx.AsyncClient(base_url=p2.base_url, headers=headers, timeout=30) as c2,
+    ):
         sid = (await c1.post("/api/v1/sessions", json={"title": "procs"})).json()["id"]
         assert (await c2.get(f"/api/v1/sessions/{sid}")).json()["title"] == "procs"
 

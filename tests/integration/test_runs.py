@@ -68,8 +68,18 @@ async def test_query_creates_session_and_records_everything(a: Instance, b: Inst
         assert set(init) >= {"session_id", "run_id", "model", "permission_mode", "tools"}
         assert events[1].data["content"][0]["type"] == "tool_use"
         assert events[2].data["content"][0]["type"] == "tool_result"
-        assert set(result) >= {"session_id", "run_id", "is_error", "num_turns", "duration_ms", "total_cost_usd",
-                               "usage", "result", "structured_output", "stop_reason"}
+        assert set(result) >= {
+            "session_id",
+            "run_id",
+            "is_error",
+            "num_turns",
+            "duration_ms",
+            "total_cost_usd",
+            "usage",
+            "result",
+            "structured_output",
+            "stop_reason",
+        }
         assert result["run_id"] == run_id and result["is_error"] is False
         assert done == {"reason": "completed"}
         assert events.count(events[-1]) == 1
@@ -238,9 +248,15 @@ async def test_rejoin_from_other_instance_after_disconnect(a: Instance, b: Insta
     async with a.client(api_key) as ca, b.client(api_key) as cb:
         sid = await new_session(ca)
         resp, events = await start_stream(ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "sleep 1.5"})
-        seen = [await next_event(events, "init"), await next_event(events, "message"), await next_event(events, "message")]
+        seen = [
+            await next_event(events, "init"),
+            await next_event(events, "message"),
+            await next_event(events, "message"),
+        ]
         await resp.aclose()  # the client goes away; the run goes on
-        async with cb.stream("GET", f"/api/v1/sessions/{sid}/events", headers={"Last-Event-ID": str(seen[-1].id)}) as r2:
+        async with cb.stream(
+            "GET", f"/api/v1/sessions/{sid}/events", headers={"Last-Event-ID": str(seen[-1].id)}
+        ) as r2:
             assert r2.status_code == 200
             rest = await collect_sse(r2)
         full = await run_to_done_events(cb, sid)
@@ -273,7 +289,9 @@ async def test_events_replay_after_run_and_after_param(a: Instance, b: Instance,
 async def test_events_replay_from_postgres_after_flush(a: Instance, b: Instance, api_key: str, valkey: Any) -> None:
     async with a.client(api_key) as ca, b.client(api_key) as cb:
         sid = await new_session(ca)
-        events = await run_to_done(ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "one two", "include_partial_messages": True})
+        events = await run_to_done(
+            ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "one two", "include_partial_messages": True}
+        )
         assert any(e.event == "partial" for e in events)
         await valkey.delete(f"agentapi:{{{sid}}}:events")
         replay = await run_to_done_events(cb, sid)
@@ -337,8 +355,14 @@ async def test_burst_2000_in_order(a: Instance, b: Instance, api_key: str) -> No
 async def test_query_validation_and_ownership(a: Instance, api_key: str, other_api_key: str) -> None:
     async with a.client(api_key) as ca, a.client(other_api_key) as co:
         sid = await new_session(ca)
-        for body in ({}, {"prompt": ""}, {"prompt": "x" * 100_001}, {"prompt": "x", "max_turns": 0},
-                     {"prompt": "x", "permission_mode": "yolo"}, {"prompt": "x", "bogus": 1}):
+        for body in (
+            {},
+            {"prompt": ""},
+            {"prompt": "x" * 100_001},
+            {"prompt": "x", "max_turns": 0},
+            {"prompt": "x", "permission_mode": "yolo"},
+            {"prompt": "x", "bogus": 1},
+        ):
             resp = await ca.post("/api/v1/query", json=body)
             assert resp.status_code in (400, 422), (body, resp.status_code)
             assert resp.json()["code"] == "VALIDATION_ERROR"
@@ -350,5 +374,7 @@ async def test_query_validation_and_ownership(a: Instance, api_key: str, other_a
             assert resp.status_code == 404 and resp.json()["code"] == "SESSION_NOT_FOUND"
         for path in ("events", "interrupt", "answer"):
             method = "GET" if path == "events" else "POST"
-            resp = await co.request(method, f"/api/v1/sessions/{sid}/{path}", json={"answer": "x"} if path == "answer" else None)
+            resp = await co.request(
+                method, f"/api/v1/sessions/{sid}/{path}", json={"answer": "x"} if path == "answer" else None
+            )
             assert resp.status_code == 404, path

@@ -21,7 +21,9 @@ def _needs_embedded(servers: TestServers) -> None:
         pytest.skip("fault injection needs the embedded servers")
 
 
-async def test_runs_answer_503_while_valkey_is_down_and_recover(servers: TestServers, a: Instance, api_key: str) -> None:
+async def test_runs_answer_503_while_valkey_is_down_and_recover(
+    servers: TestServers, a: Instance, api_key: str
+) -> None:
     async with a.client(api_key) as client:
         sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
         servers.stop_valkey()

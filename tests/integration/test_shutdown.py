@@ -23,7 +23,10 @@ async def test_sigterm_interrupts_runs_after_grace_and_releases_lease(
     proc = GranianProcess.start(servers, "terminated", tmp_path, RUN_SHUTDOWN_GRACE="1")
     other = await instance_factory("other")
     try:
-        async with httpx.AsyncClient(base_url=proc.base_url, headers={"X-API-Key": api_key}, timeout=30) as cp, other.client(api_key) as co:
+        async with (
+            httpx.AsyncClient(base_url=proc.base_url, headers={"X-API-Key": api_key}, timeout=30) as cp,
+            other.client(api_key) as co,
+        ):
             sid = (await co.post("/api/v1/sessions", json={})).json()["id"]
             async with cp.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 60"}) as resp:
                 async for ev in iter_sse(resp):

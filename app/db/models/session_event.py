@@ -16,9 +16,7 @@ class SessionEvent(BigIntAuditBase):
     """
 
     __tablename__ = "session_event"
-    __table_args__ = (
-        Index("ux_session_event_stream", "session_id", "stream_ms", "stream_seq", unique=True),
-    )
+    __table_args__ = (Index("ux_session_event_stream", "session_id", "stream_ms", "stream_seq", unique=True),)
 
     session_id: Mapped[UUID] = mapped_column(ForeignKey("agent_session.id", ondelete="CASCADE"))
     run_id: Mapped[UUID]

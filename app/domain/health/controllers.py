@@ -29,7 +29,11 @@ async def _timed(check: Any) -> dict[str, Any]:
     try:
         await asyncio.wait_for(check(), CHECK_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure means "down" here
-        return {"status": "down", "error": type(exc).__name__, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return {
+            "status": "down",
+            "error": type(exc).__name__,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
     return {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
@@ -56,6 +60,10 @@ class HealthController(Controller):
 
         pg, vk = await asyncio.gather(_timed(postgres), _timed(valkey))
         if pg["status"] != "up":
-            return Response(Ready(status="unavailable", checks={"postgres": pg, "valkey": vk}), status_code=503, headers={"Retry-After": "2"})
+            return Response(
+                Ready(status="unavailable", checks={"postgres": pg, "valkey": vk}),
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
         status = "ok" if vk["status"] == "up" else "degraded"
         return Response(Ready(status=status, checks={"postgres": pg, "valkey": vk}))
