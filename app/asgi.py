@@ -27,7 +27,7 @@ from app.agents import get_backend
 from app.config.settings import Settings, get_settings
 from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
-from app.domain.keys.rate_limit import RateLimitMiddleware
+from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
 from app.domain.runs.controllers import RunController
 from app.domain.runs.manager import RunManager
@@ -155,6 +155,15 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     return config
 
 
+def build_rate_limiters(settings: Settings, valkey: ValkeyPlugin) -> dict[str, FixedWindowRateLimiter]:
+    default = settings.app.rate_limit_per_minute
+    runs = default if settings.app.rate_limit_runs_per_minute < 0 else settings.app.rate_limit_runs_per_minute
+    limits = {DEFAULT_GROUP: default, RUNS_GROUP: runs}
+    return {
+        group: FixedWindowRateLimiter(valkey.clients.main, limit=limit) for group, limit in limits.items() if limit > 0
+    }
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     if not settings.db.url or not settings.valkey.url:
@@ -171,10 +180,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     prometheus = PrometheusConfig(app_name="agent_api", prefix="agentapi", group_path=True, exclude=["^/metrics"])
     middleware: list[Any] = [prometheus.middleware, DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)]
-    if settings.app.rate_limit_per_minute > 0:
+    limiters = build_rate_limiters(settings, valkey)
+    if limiters:
         # Inside authentication: the subject is the key's id.
-        limiter = FixedWindowRateLimiter(valkey.clients.main, limit=settings.app.rate_limit_per_minute)
-        middleware.append(RateLimitMiddleware(limiter))
+        middleware.append(RateLimitMiddleware(limiters))
     return Litestar(
         route_handlers=[HealthController, SessionController, RunController, MetricsController],
         plugins=[SQLAlchemyPlugin(config=alchemy), valkey, AgentApiPlugin(settings, alchemy, valkey), GranianPlugin()],

@@ -27,3 +27,35 @@ async def test_limit_is_shared_by_instances_and_per_key(
         # Another key has its own budget; health is never limited.
         assert (await other.get("/api/v1/sessions")).status_code == 200
         assert (await ca.get("/health/live")).status_code == 200
+
+
+async def test_starting_runs_has_its_own_budget(
+    instance_factory: InstanceFactory, api_key: str, other_api_key: str
+) -> None:
+    a = await instance_factory("rl-runs-a", app__rate_limit_per_minute=50, app__rate_limit_runs_per_minute=2)
+    b = await instance_factory("rl-runs-b", app__rate_limit_per_minute=50, app__rate_limit_runs_per_minute=2)
+    async with a.client(api_key) as ca, b.client(api_key) as cb, a.client(other_api_key) as other:
+        probe = await other.get("/api/v1/sessions")
+        if int(probe.headers["ratelimit-reset"]) < 5:
+            await asyncio.sleep(int(probe.headers["ratelimit-reset"]) + 0.5)
+        runs = [await c.post("/api/v1/query/single", json={"prompt": "hi"}) for c in (ca, cb, ca)]
+        assert [r.status_code for r in runs] == [200, 200, 429]
+        assert runs[0].headers["ratelimit-limit"] == "2"
+        assert runs[0].headers["ratelimit-policy"] == "2;w=60"
+        assert "runs" in runs[2].json()["detail"]
+        # The rest of the API keeps its own, larger budget, untouched by the runs.
+        read = await cb.get("/api/v1/sessions")
+        assert read.status_code == 200
+        assert read.headers["x-ratelimit-limit"] == "50"
+        assert int(read.headers["x-ratelimit-remaining"]) == 49
+
+
+async def test_runs_only_limit_leaves_other_routes_unlimited(instance_factory: InstanceFactory, api_key: str) -> None:
+    a = await instance_factory("rl-runs-only", app__rate_limit_per_minute=0, app__rate_limit_runs_per_minute=1)
+    async with a.client(api_key) as ca:
+        read = await ca.get("/api/v1/sessions")
+        assert read.status_code == 200
+        assert "x-ratelimit-limit" not in read.headers
+        first = await ca.post("/api/v1/query/single", json={"prompt": "hi"})
+        assert first.status_code == 200
+        assert first.headers["x-ratelimit-remaining"] == "0"

@@ -1,7 +1,10 @@
-"""Per-API-key rate limit across all instances (`RATE_LIMIT_PER_MINUTE`; 0 disables it).
+"""Per-API-key rate limits across all instances, one budget per route group.
 
-Runs after authentication, so the subject is the key's id (never the key). If Valkey is unreachable the
-request is let through: limiting is protection, not correctness, and sessions must stay readable."""
+Route handlers name their group in `opt["rate_limit_group"]` (default `default`); starting a run is the
+`runs` group (`RATE_LIMIT_RUNS_PER_MINUTE`), everything else `default` (`RATE_LIMIT_PER_MINUTE`). A group
+without a limiter is not limited. Runs after authentication, so the subject is the key's id (never the
+key). If Valkey is unreachable the request is let through: limiting is protection, not correctness, and
+sessions must stay readable."""
 
 from __future__ import annotations
 
@@ -17,26 +20,39 @@ from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 
 
+RATE_LIMIT_GROUP_OPT = "rate_limit_group"
+DEFAULT_GROUP = "default"
+RUNS_GROUP = "runs"
+
+
 class RateLimitMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, limiter: FixedWindowRateLimiter) -> None:
-        self.limiter = limiter
+    def __init__(self, limiters: dict[str, FixedWindowRateLimiter]) -> None:
+        self.limiters = limiters
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         user = scope.get("user")
-        if not isinstance(user, Principal):
+        handler = scope.get("route_handler")
+        group = handler.opt.get(RATE_LIMIT_GROUP_OPT, DEFAULT_GROUP) if handler is not None else DEFAULT_GROUP
+        limiter = self.limiters.get(group)
+        if limiter is None or not isinstance(user, Principal):
             await next_app(scope, receive, send)
             return
         try:
-            decision = await self.limiter.hit(str(user.key_id))
+            decision = await limiter.hit(f"{group}:{user.key_id}")
         except VALKEY_ERRORS:
             await next_app(scope, receive, send)
             return
+        # Both the common X-RateLimit-* headers and the IETF draft's RateLimit-* names.
         headers = {
             "X-RateLimit-Limit": str(decision.limit),
             "X-RateLimit-Remaining": str(decision.remaining),
             "X-RateLimit-Reset": str(decision.reset_after),
+            "RateLimit-Limit": str(decision.limit),
+            "RateLimit-Remaining": str(decision.remaining),
+            "RateLimit-Reset": str(decision.reset_after),
+            "RateLimit-Policy": f"{decision.limit};w={limiter.window}",
         }
         if not decision.allowed:
             body = Problem(
@@ -44,7 +60,7 @@ class RateLimitMiddleware(ASGIMiddleware):
                 title="Rate limit exceeded",
                 status=429,
                 code="RATE_LIMITED",
-                detail=f"At most {decision.limit} requests per minute per API key.",
+                detail=f"At most {decision.limit} requests per minute per API key for {group} requests.",
                 instance=scope["path"],
             )
             response = ASGIResponse(

@@ -11,6 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from app.domain.keys.auth import Principal
+from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
 from app.domain.runs.dependencies import provide_run_service
 from app.domain.runs.schemas import (
     AnswerDelivered,
@@ -53,6 +54,7 @@ class RunController(Controller):
 
     @post(
         "/query",
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP},
         summary="Run the agent, streaming events (SSE)",
         status_code=200,
         responses={**SSE_RESPONSE, **problem_responses(404, 409, 422)},
@@ -65,6 +67,7 @@ class RunController(Controller):
 
     @post(
         "/query/single",
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP},
         summary="Run the agent and wait for its result",
         status_code=200,
         responses=problem_responses(404, 409, 422),
@@ -76,6 +79,7 @@ class RunController(Controller):
 
     @post(
         "/sessions/{session_id:uuid}/resume",
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP},
         summary="Run the agent on an existing session (SSE)",
         status_code=200,
         responses={**SSE_RESPONSE, **problem_responses(404, 409, 422)},
