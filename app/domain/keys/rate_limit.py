@@ -19,7 +19,6 @@ from app.lib.problems import PROBLEM_JSON, Problem
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 
-
 RATE_LIMIT_GROUP_OPT = "rate_limit_group"
 DEFAULT_GROUP = "default"
 RUNS_GROUP = "runs"
