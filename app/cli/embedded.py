@@ -1,5 +1,5 @@
-"""Before the CLI runs a command that needs them: start embedded servers for unset URLs, and for
-`run` make sure a key exists to call the API with."""
+"""Before the CLI runs a command that needs them: start embedded servers for unset URLs, and for a
+development `run` (one whose PostgreSQL this process started) make sure a key exists to call the API with."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def prepare_environment(command: str) -> None:
     settings = get_settings()
     data_dir = settings.app.data_dir.resolve()
     started: list[str] = []
-    if not settings.db.url:
+    embedded_database = not settings.db.url
+    if embedded_database:
         url, _server = embedded_postgres_url(data_dir / "postgres")
         os.environ["DATABASE_URL"] = url
         started.append(f"PostgreSQL (embedded, data in {data_dir / 'postgres'})")
@@ -27,9 +28,14 @@ def prepare_environment(command: str) -> None:
         atexit.register(valkey.stop)
         started.append(f"Valkey (embedded, {os.environ['VALKEY_URL']})")
     if command == "run" and not settings.api_key_is_set():
-        # A fresh development key each start; only its hash reaches the database (as the bootstrap key).
-        os.environ["API_KEY"] = generate_key()
-        _announce_dev_key(os.environ["API_KEY"])
+        if embedded_database:
+            # A fresh development key each start; only its hash reaches the database (as the bootstrap key).
+            os.environ["API_KEY"] = generate_key()
+            _announce_dev_key(os.environ["API_KEY"])
+        else:
+            # A shared database (e.g. compose replicas): a key per process start would pile up bootstrap keys
+            # nobody knows. Keys come from API_KEY or `agent-api keys create`.
+            click.echo("agent-api: no API_KEY set; create keys with `agent-api keys create --name NAME`.", err=True)
     get_settings.cache_clear()
     for line in started:
         click.echo(f"agent-api: started {line}", err=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from app.asgi import build_alchemy_config
@@ -108,3 +109,32 @@ async def test_keys_create_list_revoke(servers: TestServers, instance_factory: I
         row = next(line for line in listed.stdout.splitlines() if line.split() and line.split()[0] == name)
         assert row.split()[-1] != "-"  # the revocation time
     assert not any(key in r for r in await key_rows_as_text(servers))
+
+
+def test_run_makes_a_dev_key_only_with_its_own_embedded_postgres(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`agent-api run` against a shared database (e.g. compose replicas) must not invent keys; with the
+    embedded PostgreSQL it started itself, it makes and prints a development key."""
+    from app.cli import embedded
+    from app.config.settings import get_settings
+
+    monkeypatch.delenv("API_KEY", raising=False)
+    monkeypatch.setenv("VALKEY_URL", "redis://127.0.0.1:1/0")  # set: no embedded Valkey is started
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.invalid/agent")
+    get_settings.cache_clear()
+    embedded.prepare_environment("run")
+    assert "API_KEY" not in os.environ
+    assert "keys create" in capsys.readouterr().err
+
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.setattr(embedded, "embedded_postgres_url", lambda path: ("postgresql://127.0.0.1:1/agent", None))
+    get_settings.cache_clear()
+    try:
+        embedded.prepare_environment("run")
+        key = os.environ["API_KEY"]
+        assert key.startswith("aak_")
+        assert key in capsys.readouterr().err
+    finally:
+        monkeypatch.delenv("API_KEY", raising=False)
+        get_settings.cache_clear()
