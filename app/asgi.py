@@ -38,6 +38,7 @@ from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionInfra
+from app.lib import logging as app_logging
 from app.lib import metrics, migrations
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
@@ -184,9 +185,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if limiters:
         # Inside authentication: the subject is the key's id.
         middleware.append(RateLimitMiddleware(limiters))
-    return Litestar(
+    app = Litestar(
         route_handlers=[HealthController, SessionController, RunController, MetricsController],
-        plugins=[SQLAlchemyPlugin(config=alchemy), valkey, AgentApiPlugin(settings, alchemy, valkey), GranianPlugin()],
+        plugins=[
+            app_logging.build_structlog_plugin(
+                level=settings.app.log_level, fmt=settings.app.log_format, instance_id=settings.app.instance_id
+            ),
+            SQLAlchemyPlugin(config=alchemy),
+            valkey,
+            AgentApiPlugin(settings, alchemy, valkey),
+            GranianPlugin(),
+        ],
         middleware=middleware,
         exception_handlers=exception_handlers(),
         request_max_body_size=MAX_BODY_BYTES,
@@ -206,3 +215,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=settings.app.debug,
     )
+    app_logging.install(app, instance_id=settings.app.instance_id, access_log=settings.app.log_access)
+    return app

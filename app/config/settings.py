@@ -64,6 +64,9 @@ class SessionSettings:
     cache_ttl: int = field(default_factory=lambda: _env_int("SESSION_CACHE_TTL", 7200))
     lock_ttl_ms: int = field(default_factory=lambda: _env_int("SESSION_LOCK_TTL_MS", 5000))
     lock_timeout: float = field(default_factory=lambda: _env_float("SESSION_LOCK_TIMEOUT", 5.0))
+    cache_warm_count: int = field(default_factory=lambda: _env_int("CACHE_WARM_COUNT", 1000))
+    """Most recently active sessions put in the cache at startup; 0 disables warming."""
+    cache_warm_timeout: float = field(default_factory=lambda: _env_float("CACHE_WARM_TIMEOUT", 10.0))
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,14 @@ class AppSettings:
     data_dir: Path = field(default_factory=lambda: Path(_env("AGENT_API_DATA_DIR", ".data")))
     debug: bool = field(default_factory=lambda: _env_bool("LITESTAR_DEBUG", False))
     auth_cache_ttl: float = field(default_factory=lambda: _env_float("AUTH_CACHE_TTL", 30.0))
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
+    log_format: str = field(default_factory=lambda: _env("LOG_FORMAT", "json"))
+    """`json` (one object per line) or `console` (human-readable, for a terminal)."""
+    log_access: bool = field(default_factory=lambda: _env_bool("LOG_ACCESS", True))
+    """One `request` line per HTTP request (health and metrics probes only at DEBUG)."""
+    otel_enabled: bool = field(default_factory=lambda: _env_bool("OTEL_ENABLED", False))
+    """Tracing with OpenTelemetry (needs the `otel` extra); also on when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+    otel_endpoint: str = field(default_factory=lambda: _env("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from app.domain.runs.schemas import (
 )
 from app.domain.runs.services import STREAM_START, RunService, parse_after
 from app.domain.sessions.dependencies import provide_session_service
+from app.lib.logging import bind_session_from_path
 from app.lib.problems import problem_responses
 from app.lib.sse import encode_batches
 
@@ -47,6 +48,7 @@ def sse(stream: Any, session_id: UUID, run_id: UUID | None = None) -> Stream:
 class RunController(Controller):
     path = "/api/v1"
     tags = ["Runs"]
+    before_request = staticmethod(bind_session_from_path)
     dependencies = {
         "session_service": Provide(provide_session_service),
         "run_service": Provide(provide_run_service),

@@ -28,6 +28,7 @@ from app.domain.sessions.keys import active_key, events_key, interrupt_key
 from app.domain.sessions.schemas import Session
 from app.domain.sessions.services import SessionInfra, SessionService
 from app.lib import metrics
+from app.lib.logging import bind_log_context, log_context
 from app.lib.problems import ApiError
 from app.lib.valkey.errors import VALKEY_ERRORS
 
@@ -180,6 +181,8 @@ class RunManager:
         )
         self.runs[run_id] = run
         metrics.active_runs.inc()
+        # On the starting request's lines too; the run's task binds its own (it outlives the request).
+        bind_log_context(session_id=session_id, run_id=run_id)
         run.task = asyncio.create_task(self._drive(run), name=f"run-{run_id}")
         return run_id, session
 
@@ -198,6 +201,9 @@ class RunManager:
     # -- driving a run -------------------------------------------------------------------------------
 
     async def _drive(self, run: LocalRun) -> None:
+        # This task's own log context (a copy): the ids stay on its lines after the request that started it ends.
+        bind_log_context(session_id=run.session_id, run_id=run.run_id)
+        logger.info("run started")
         reason = "completed"
         stats = RunStats()
         consumer = asyncio.create_task(self._consume(run, stats), name=f"consume-{run.run_id}")
@@ -230,6 +236,10 @@ class RunManager:
                 await run.agent.aclose()
             try:
                 await self._finish(run, reason, stats)
+                logger.info(
+                    "run finished",
+                    extra={"reason": reason, "duration_ms": round((time.monotonic() - run.started) * 1000, 1)},
+                )
             finally:
                 await run.recorder.aclose()
                 self.runs.pop(run.run_id, None)
@@ -405,6 +415,10 @@ class RunManager:
         run = self.runs.get(run_id)
         if run is None:
             return
+        with log_context(session_id=run.session_id, run_id=run.run_id):
+            await self._handle_control(run, message)
+
+    async def _handle_control(self, run: LocalRun, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "interrupt":
             self._request_interrupt(run)

@@ -22,6 +22,7 @@ from app.domain.sessions.schemas import (
     SessionUpdate,
 )
 from app.domain.sessions.services import SessionService
+from app.lib.logging import bind_session_from_path
 from app.lib.problems import ApiError, problem_responses
 
 AuthedRequest = Request[Principal, Any, State]
@@ -51,6 +52,7 @@ def parse_if_match(value: str | None) -> int | None:
 class SessionController(Controller):
     path = "/api/v1/sessions"
     tags = ["Sessions"]
+    before_request = staticmethod(bind_session_from_path)
     dependencies = {
         "session_service": Provide(provide_session_service),
         "session_reader": Provide(provide_session_reader, sync_to_thread=False),
