@@ -23,12 +23,12 @@ from litestar.plugins import CLIPluginProtocol, InitPluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar_granian import GranianPlugin
 
-from app.agents import get_backend
 from app.config.settings import Settings, get_settings
 from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
+from app.domain.runs.backend import build_backend
 from app.domain.runs.controllers import RunController
 from app.domain.runs.manager import RunManager
 from app.domain.runs.reaper import RunReaper
@@ -91,7 +91,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             control=ControlChannel(clients.main, clients.blocking, CONTROL_CHANNEL),
             markers=SignalMarker(clients.main),
         )
-        backend = get_backend(settings.app.agent_backend, anthropic_api_key=settings.app.anthropic_api_key)
+        backend = build_backend(settings, self.alchemy)
         self.run_manager = RunManager(settings, infra, self.alchemy, backend)
         self.reaper = RunReaper(settings, infra, self.alchemy)
         app_config.state.update(

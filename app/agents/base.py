@@ -7,6 +7,10 @@ from typing import Any, Literal, Protocol
 AnswerOutcome = Literal["delivered", "no_pending_question"]
 
 
+class AgentRequestError(ValueError):
+    """The backend cannot run this request (unknown model or tool, bad option); the API answers 422."""
+
+
 @dataclass(frozen=True, slots=True)
 class AgentEvent:
     """One event of a run: `event` is an SSE event name of SPEC §3, `data` its JSON payload."""
@@ -30,10 +34,18 @@ class AgentRequest:
     include_partial_messages: bool = False
     resume: str | None = None
     """The backend's own session id from an earlier run, to continue its conversation."""
+    fork: bool = False
+    """With `resume`: continue from that conversation under a new backend session id (a forked session's
+    first run); the new id comes back in `init` as `agent_session_id`."""
 
 
 class AgentRun(Protocol):
-    """A started run. `events()` is consumed once; it ends after `result` (or `error`)."""
+    """A started run. `events()` is consumed once; it ends after `result` (or `error`).
+
+    `interrupt_grace`: seconds the caller keeps reading `events()` after `interrupt()` so the backend can
+    report how the run ended (0: the caller stops reading at once)."""
+
+    interrupt_grace: float
 
     def events(self) -> AsyncIterator[AgentEvent]: ...
 
@@ -48,6 +60,10 @@ class AgentRun(Protocol):
 
 class AgentBackend(Protocol):
     name: str
+
+    def validate(self, request: AgentRequest) -> None:
+        """Raises `AgentRequestError` when the request cannot run; called before a run takes its lease."""
+        ...
 
     def start(self, request: AgentRequest) -> AgentRun: ...
 

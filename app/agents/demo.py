@@ -26,6 +26,8 @@ def _text_message(text: str, model: str, role: str = "assistant") -> AgentEvent:
 
 
 class DemoRun:
+    interrupt_grace = 0.0
+
     def __init__(self, request: AgentRequest) -> None:
         self.request = request
         self.model = request.model or DEMO_MODEL
@@ -150,6 +152,9 @@ def _is_number(value: str) -> bool:
 
 class DemoBackend:
     name = "demo"
+
+    def validate(self, request: AgentRequest) -> None:
+        """The demo accepts every model, tool and option."""
 
     def start(self, request: AgentRequest) -> DemoRun:
         return DemoRun(request)

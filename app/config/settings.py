@@ -103,6 +103,31 @@ class AppSettings:
     otel_endpoint: str = field(default_factory=lambda: _env("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
 
 
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in _env(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class ClaudeSettings:
+    """The `claude` backend (AGENT_BACKEND=claude)."""
+
+    cli_path: str = field(default_factory=lambda: _env("CLAUDE_CLI_PATH", ""))
+    """The Claude Code CLI to run; empty = the one bundled with claude-agent-sdk."""
+    cwd: str = field(default_factory=lambda: _env("CLAUDE_CWD", ""))
+    """The agents' working directory; the same absolute path on every instance (transcripts are keyed by it)."""
+    config_dir: str = field(default_factory=lambda: _env("CLAUDE_CONFIG_DIR", ""))
+    """The CLI's config dir (local transcripts, state); empty = its default, ~/.claude."""
+    models: tuple[str, ...] = field(default_factory=lambda: _env_list("CLAUDE_MODELS"))
+    """Comma-separated allowed models; empty = any name matching CLAUDE_MODEL_PATTERN."""
+    model_pattern: str = field(
+        default_factory=lambda: _env(
+            "CLAUDE_MODEL_PATTERN", r"^(claude-[a-z0-9][a-z0-9.-]*|opus|sonnet|haiku|opusplan|default)(\[1m\])?$"
+        )
+    )
+    extra_tools: tuple[str, ...] = field(default_factory=lambda: _env_list("CLAUDE_EXTRA_TOOLS"))
+    """Comma-separated tool names accepted besides the CLI's built-in ones and mcp__*."""
+
+
 @dataclass(frozen=True)
 class Settings:
     app: AppSettings = field(default_factory=AppSettings)
@@ -110,6 +135,7 @@ class Settings:
     valkey: ValkeySettings = field(default_factory=ValkeySettings)
     sessions: SessionSettings = field(default_factory=SessionSettings)
     runs: RunSettings = field(default_factory=RunSettings)
+    claude: ClaudeSettings = field(default_factory=ClaudeSettings)
 
     def api_key_is_set(self) -> bool:
         return bool(self.app.api_key)

@@ -40,5 +40,7 @@ class AgentSession(UUIDv7AuditBase):
     active_instance_id: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
     active_started_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None, nullable=True)
     agent_session_id: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
+    agent_fork_from: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
+    """A fork that has not run yet: the parent's backend session id, which its first run forks from."""
 
     __mapper_args__ = {"version_id_col": version}

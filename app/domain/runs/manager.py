@@ -147,7 +147,11 @@ class RunManager:
             async with self.alchemy.get_session() as db:
                 service = SessionService(session=db).bind(self.infra)
                 session = await service.update_fenced(session_id, owner_key_id, mark_running)
-                resume = (await service.load_owned(session_id, owner_key_id)).agent_session_id
+                row = await service.load_owned(session_id, owner_key_id)
+                # A fork's first run continues the parent's conversation under a backend session of its own.
+                resume, fork = row.agent_session_id, False
+                if resume is None and row.agent_fork_from:
+                    resume, fork = row.agent_fork_from, True
         except BaseException as exc:
             with contextlib.suppress(*VALKEY_ERRORS):
                 await self.infra.lease.release(active_key(session_id), token)
@@ -168,6 +172,7 @@ class RunManager:
             output_format=options.get("output_format"),
             include_partial_messages=bool(options.get("include_partial_messages")),
             resume=resume,
+            fork=fork,
         )
         run = LocalRun(
             session_id=session_id,
@@ -217,6 +222,9 @@ class RunManager:
                 reason = "error" if run.lease_lost else "interrupted"
                 with contextlib.suppress(Exception):
                     await run.agent.interrupt()
+                if run.agent.interrupt_grace > 0 and not run.lease_lost:
+                    # The backend reports how the interrupted run ended (its last messages, its result).
+                    await asyncio.wait({consumer}, timeout=run.agent.interrupt_grace)
                 consumer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await consumer
@@ -272,7 +280,12 @@ class RunManager:
                     agent_session_id = data.pop("agent_session_id", None)
                     if agent_session_id:
                         stats.agent_session_id = str(agent_session_id)
-                        await self._update(run, lambda row: setattr(row, "agent_session_id", stats.agent_session_id))
+
+                        def keep_agent_session(row: AgentSession) -> None:
+                            row.agent_session_id = stats.agent_session_id
+                            row.agent_fork_from = None
+
+                        await self._update(run, keep_agent_session)
                     data = {"session_id": str(run.session_id), "run_id": str(run.run_id), **data}
                 elif event.event == "result":
                     saw_result = stats.saw_result = True
@@ -334,6 +347,7 @@ class RunManager:
             row.status = status
             if stats.agent_session_id:
                 row.agent_session_id = stats.agent_session_id
+                row.agent_fork_from = None
             if row.active_run_id == run.run_id:
                 row.active_run_id = None
                 row.active_instance_id = None

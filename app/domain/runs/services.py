@@ -9,6 +9,7 @@ from uuid import UUID
 
 import msgspec
 
+from app.agents.base import AgentRequest, AgentRequestError
 from app.domain.runs.manager import RunManager, valkey_unavailable
 from app.domain.runs.schemas import QueryRequest, QueryResult, RunError, RunOptions, Usage
 from app.domain.runs.streams import EventFollower
@@ -57,7 +58,29 @@ class RunService:
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
+    def _validate(self, options: RunOptions, session: Session | None) -> None:
+        """The backend's own checks (models, tools, ...), before any session, lease or run: 422."""
+        request = AgentRequest(
+            session_id=str(session.id) if session is not None else "",
+            run_id="",
+            prompt=options.prompt,
+            model=options.model or (session.model if session is not None else None),
+            permission_mode=options.permission_mode or (session.permission_mode if session is not None else None),
+            allowed_tools=list(options.allowed_tools or []),
+            disallowed_tools=list(options.disallowed_tools or []),
+            max_turns=options.max_turns,
+            system_prompt=options.system_prompt,
+            output_format=options.output_format,
+            include_partial_messages=options.include_partial_messages,
+        )
+        try:
+            self.manager.backend.validate(request)
+        except AgentRequestError as exc:
+            raise ApiError(422, "VALIDATION_ERROR", str(exc), title="Invalid run options") from exc
+
     async def start(self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions) -> tuple[Session, UUID]:
+        if session_id is None:
+            self._validate(options, None)
         await self._require_valkey()
         if session_id is None:
             session = await self.sessions.create_session(
@@ -66,6 +89,7 @@ class RunService:
             )
         else:
             session = await self.sessions.get_session(session_id, owner_key_id)
+            self._validate(options, session)
         run_id, session = await self.manager.start_run(owner_key_id, session, msgspec.structs.asdict(options))
         return session, run_id
 

@@ -13,10 +13,10 @@ from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from msgspec import UNSET
-from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy import delete, func, insert, literal, or_, select
 from sqlalchemy.orm.exc import StaleDataError
 
-from app.db.models import AgentSession, SessionEvent, TranscriptEntry
+from app.db.models import AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
 from app.domain.sessions.cache import MISS, SessionCache
 from app.domain.sessions.keys import active_key, events_key, interrupt_key, lock_key
 from app.domain.sessions.schemas import (
@@ -292,6 +292,19 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             )
         db = self.repository.session
         await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
+        if row.agent_session_id:
+            # The agent's own transcript goes too, unless a fork that has not run yet still needs it.
+            still_needed = select(AgentSession.id).where(
+                or_(
+                    AgentSession.agent_session_id == row.agent_session_id,
+                    AgentSession.agent_fork_from == row.agent_session_id,
+                )
+            )
+            await db.execute(
+                delete(AgentTranscriptEntry).where(
+                    AgentTranscriptEntry.session_id == row.agent_session_id, ~still_needed.exists()
+                )
+            )
         await db.commit()
         await self.cache.tombstone(session_id)
         # The stream expires on its own if this fails; the session row is gone, so nothing serves it.
@@ -309,7 +322,10 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             parent_session_id=parent.id,
             tags=list(parent.tags or []),
             meta=dict(parent.meta or {}),
-            agent_session_id=parent.agent_session_id,
+            # The child's first run forks the parent's agent conversation into one of its own (the agent's
+            # transcript is shared until then, not copied).
+            agent_session_id=None,
+            agent_fork_from=parent.agent_session_id or parent.agent_fork_from,
         )
         db.add(child)
         await db.flush()

@@ -1,0 +1,1 @@
+"""Agent transcripts in Postgres: the Claude SDK `SessionStore` the backends mirror into."""
