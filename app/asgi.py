@@ -38,6 +38,7 @@ from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionInfra
+from app.domain.sessions.warming import CacheWarmer
 from app.lib import logging as app_logging
 from app.lib import metrics, migrations
 from app.lib.db import lazy_autocommit_handler
@@ -94,6 +95,14 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         backend = build_backend(settings, self.alchemy)
         self.run_manager = RunManager(settings, infra, self.alchemy, backend)
         self.reaper = RunReaper(settings, infra, self.alchemy)
+        self.warmer = CacheWarmer(
+            infra.cache,
+            self.alchemy,
+            clients.main,
+            count=settings.sessions.cache_warm_count,
+            timeout=settings.sessions.cache_warm_timeout,
+            instance_id=settings.app.instance_id,
+        )
         app_config.state.update(
             {
                 "settings": settings,
@@ -115,8 +124,11 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
     async def start_background_work(self) -> None:
         await self.run_manager.start_listening()
         self.reaper.start()
+        # In the background: readiness never waits for it.
+        self.warmer.start()
 
     async def stop_background_work(self) -> None:
+        await self.warmer.stop()
         await self.reaper.stop()
         await self.run_manager.shutdown()
 

@@ -56,7 +56,8 @@ def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> S
             **{"url": servers.database_url, "migrate_on_startup": False, **sections.get("db", {})},
         ),
         valkey=dataclasses.replace(ValkeySettings(), **{"url": servers.valkey_url, **sections.get("valkey", {})}),
-        sessions=dataclasses.replace(SessionSettings(), **sections.get("sessions", {})),
+        # No startup cache warming unless a test asks for it: instances start all the time here.
+        sessions=dataclasses.replace(SessionSettings(), **{"cache_warm_count": 0, **sections.get("sessions", {})}),
         runs=dataclasses.replace(RunSettings(), **sections.get("runs", {})),
     )
 

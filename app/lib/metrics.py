@@ -27,3 +27,6 @@ interrupt_latency_seconds = Histogram(
 )
 stream_followers = Gauge(f"{PREFIX}_event_stream_followers", "Open SSE event streams.", multiprocess_mode="livesum")
 backend_errors = Counter(f"{PREFIX}_backend_errors_total", "Errors talking to a backing service.", ["service"])
+cache_warmed = Counter(
+    f"{PREFIX}_session_cache_warmed_total", "Sessions written to the cache by startup warming (set-if-newer)."
+)
