@@ -21,6 +21,7 @@ from valkey.asyncio import Valkey
 from app.asgi import build_alchemy_config, create_app
 from app.config.settings import (
     AppSettings,
+    ClaudeSettings,
     DatabaseSettings,
     RunSettings,
     SessionSettings,
@@ -59,6 +60,7 @@ def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> S
         # No startup cache warming unless a test asks for it: instances start all the time here.
         sessions=dataclasses.replace(SessionSettings(), **{"cache_warm_count": 0, **sections.get("sessions", {})}),
         runs=dataclasses.replace(RunSettings(), **sections.get("runs", {})),
+        claude=dataclasses.replace(ClaudeSettings(), **sections.get("claude", {})),
     )
 
 
