@@ -284,3 +284,32 @@ async def test_unusual_but_valid_metadata_round_trips(a: Instance, b: Instance, 
         assert [s["id"] for s in listed["items"]] == [sid]
         assert listed["items"][0]["metadata"] == meta
         assert listed["items"][0]["title"] == "☃ \u2028 🎉"
+
+
+NUL_RUN_BODIES: list[tuple[str, dict[str, Any]]] = [
+    ("nul in prompt", {"prompt": "a\u0000b"}),
+    ("nul in system_prompt", {"prompt": "hi", "system_prompt": "be\u0000brief"}),
+]
+
+
+@pytest.mark.parametrize(("case", "body"), NUL_RUN_BODIES, ids=[c for c, _ in NUL_RUN_BODIES])
+async def test_nul_in_run_text_is_validation_error(
+    client: httpx.AsyncClient, sid: str, case: str, body: dict[str, Any]
+) -> None:
+    """Found by the fuzzer: U+0000 in a prompt reached Postgres (text/jsonb refuse it) and /query/single gave 500."""
+    for url, payload in (
+        ("/api/v1/query/single", body),
+        ("/api/v1/query", body),
+        ("/api/v1/query", {**body, "session_id": sid}),
+        (f"{API}/{sid}/resume", body),
+    ):
+        assert_problem(await client.post(url, json=payload), 400, "VALIDATION_ERROR")
+    after = (await client.get(f"{API}/{sid}")).json()
+    assert after["status"] == "idle", case
+    assert after["version"] == 1
+    assert (await client.get(API)).json()["total"] == 1, "no session was created"
+
+
+async def test_nul_in_answer_is_validation_error(client: httpx.AsyncClient, sid: str) -> None:
+    resp = await client.post(f"{API}/{sid}/answer", json={"answer": "a\u0000b"})
+    assert_problem(resp, 400, "VALIDATION_ERROR")

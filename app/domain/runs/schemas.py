@@ -7,11 +7,14 @@ from uuid import UUID
 
 from msgspec import Meta, Struct
 
-from app.domain.sessions.schemas import ModelName, PermissionMode
+from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode
 
 MAX_PROMPT_CHARS = 100_000
 
-Prompt = Annotated[str, Meta(min_length=1, max_length=MAX_PROMPT_CHARS, description="At most 100,000 characters.")]
+# No U+0000 (Postgres text and jsonb refuse it; a prompt becomes the new session's title and events).
+Prompt = Annotated[
+    str, Meta(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NO_NUL, description="At most 100,000 characters.")
+]
 ToolName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.*:()\- ]+$")]
 ToolList = Annotated[list[ToolName], Meta(max_length=200)]
 
@@ -23,7 +26,7 @@ class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     allowed_tools: ToolList | None = None
     disallowed_tools: ToolList | None = None
     max_turns: Annotated[int, Meta(ge=1, le=1000)] | None = None
-    system_prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS)] | None = None
+    system_prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)] | None = None
     output_format: dict[str, Any] | None = None
     include_partial_messages: bool = False
 
@@ -44,7 +47,7 @@ class InterruptAccepted(Struct):
 
 
 class AnswerRequest(Struct, forbid_unknown_fields=True):
-    answer: Annotated[str, Meta(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    answer: Annotated[str, Meta(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)]
     question_id: str | None = None
 
 
