@@ -86,6 +86,19 @@ async def test_public_endpoints_need_no_key(a: Instance) -> None:
         assert (await anon.get("/docs/openapi.json")).status_code == 200
 
 
+async def test_openapi_marks_only_health_endpoints_public(a: Instance) -> None:
+    """Found by the fuzzer (ignored_auth): /health/* inherited the app-wide key requirement in the document."""
+    async with a.client() as anon:
+        doc = (await anon.get("/docs/openapi.json")).json()
+    assert doc["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    for path in ("/health/live", "/health/ready"):
+        assert doc["paths"][path]["get"]["security"] == [{}], path
+    assert "503" in doc["paths"]["/health/ready"]["get"]["responses"]
+    for path, ops in doc["paths"].items():
+        if not path.startswith("/health/"):
+            assert all("security" not in op for op in ops.values()), path
+
+
 async def test_other_key_gets_404_and_never_the_data(
     a: Instance, b: Instance, api_key: str, other_api_key: str, valkey: Valkey
 ) -> None:

@@ -378,3 +378,22 @@ async def test_query_validation_and_ownership(a: Instance, api_key: str, other_a
                 method, f"/api/v1/sessions/{sid}/{path}", json={"answer": "x"} if path == "answer" else None
             )
             assert resp.status_code == 404, path
+
+
+async def test_openapi_describes_each_sse_event(a: Instance, api_key: str) -> None:
+    """Found by the fuzzer: the stream was documented as one string, so every event violated the schema."""
+    async with a.client() as anon:
+        doc = (await anon.get("/docs/openapi.json")).json()
+    for path, method in (
+        ("/api/v1/query", "post"),
+        ("/api/v1/sessions/{session_id}/resume", "post"),
+        ("/api/v1/sessions/{session_id}/events", "get"),
+    ):
+        schema = doc["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        ref = schema["$ref"].rsplit("/", 1)[-1]
+        event = doc["components"]["schemas"][ref]
+        assert sorted(event["required"]) == ["data", "event", "id"], path
+        assert "done" in event["properties"]["event"]["enum"]
+    async with a.client(api_key) as client:
+        events = await run_to_done(client, "/api/v1/query", {"prompt": "hello there"})
+    assert {e.event for e in events} <= set(event["properties"]["event"]["enum"])

@@ -8,6 +8,7 @@ import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 
 from app.lib.valkey.client import ValkeyClients
@@ -42,11 +43,18 @@ class HealthController(Controller):
     tags = ["Health"]
     include_in_schema = True
 
-    @get("/live", summary="Liveness", exclude_from_auth=True)
+    # `security=[{}]`: public in the OpenAPI document too, overriding the app-wide key requirement.
+    @get("/live", summary="Liveness", exclude_from_auth=True, security=[{}])
     async def live(self) -> Live:
         return Live(status="ok")
 
-    @get("/ready", summary="Readiness: Postgres and Valkey", exclude_from_auth=True)
+    @get(
+        "/ready",
+        summary="Readiness: Postgres and Valkey",
+        exclude_from_auth=True,
+        security=[{}],
+        responses={503: ResponseSpec(data_container=Ready, description="Postgres is unreachable")},
+    )
     async def ready(self, state: State) -> Response[Ready]:
         alchemy: SQLAlchemyAsyncConfig = state["alchemy_config"]
         clients: ValkeyClients = state["valkey_clients"]

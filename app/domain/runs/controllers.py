@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post
@@ -9,6 +9,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
+from msgspec import Meta, Struct
 
 from app.domain.keys.auth import Principal
 from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
@@ -35,7 +36,19 @@ SSE_DESCRIPTION = (
     "init, message, partial (with include_partial_messages), question, result, error, then done "
     "{reason: completed|interrupted|error}, always last and exactly once. `: ping` after 15 s of silence."
 )
-SSE_RESPONSE = {200: ResponseSpec(data_container=str, media_type="text/event-stream", description=SSE_DESCRIPTION)}
+
+
+class ServerSentEvent(Struct):
+    """One event of the stream, as OpenAPI describes `text/event-stream` items (comments are not events)."""
+
+    id: Annotated[str, Meta(pattern=r"^[0-9]+-[0-9]+$", description="The Valkey stream id <ms>-<seq>.")]
+    event: Literal["init", "message", "partial", "question", "result", "error", "done"]
+    data: Annotated[str, Meta(description="The event's payload as JSON.")]
+
+
+SSE_RESPONSE = {
+    200: ResponseSpec(data_container=ServerSentEvent, media_type="text/event-stream", description=SSE_DESCRIPTION)
+}
 
 
 def sse(stream: Any, session_id: UUID, run_id: UUID | None = None) -> Stream:
