@@ -40,7 +40,7 @@ from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
 from app.lib import logging as app_logging
-from app.lib import metrics, migrations
+from app.lib import metrics, migrations, tracing
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
 from app.lib.valkey.control import ControlChannel, SignalMarker
@@ -197,6 +197,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if limiters:
         # Inside authentication: the subject is the key's id.
         middleware.append(RateLimitMiddleware(limiters))
+    otel = tracing.build_otel_plugin(
+        enabled=settings.app.otel_enabled, endpoint=settings.app.otel_endpoint, instance_id=settings.app.instance_id
+    )
+    if otel is not None:
+        middleware.insert(0, tracing.RouteSpanNameMiddleware)
     app = Litestar(
         route_handlers=[HealthController, SessionController, RunController, MetricsController],
         plugins=[
@@ -207,6 +212,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             valkey,
             AgentApiPlugin(settings, alchemy, valkey),
             GranianPlugin(),
+            *([otel] if otel is not None else []),
         ],
         middleware=middleware,
         exception_handlers=exception_handlers(),
