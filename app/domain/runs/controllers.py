@@ -34,7 +34,15 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DESCRIPTION = (
     "text/event-stream. Every event has `id` (Valkey stream id), `event` and JSON `data`: "
     "init, message, partial (with include_partial_messages), question, result, error, then done "
-    "{reason: completed|interrupted|error}, always last and exactly once. `: ping` after 15 s of silence."
+    "{reason: completed|interrupted|error}, always last and exactly once. `: ping` after 15 s of silence.\n\n"
+    "`question` `{question_id, question, options, kind, ...}` waits for `POST /sessions/{id}/answer`. With the "
+    "claude backend `kind` tells two cases apart: `ask_user_question` (the agent called AskUserQuestion; also "
+    "`header`, `multi_select`, `option_details` [{label, description}], `tool_use_id`; the answer text becomes "
+    "the tool's answer) and `permission` (a tool needs approval, e.g. Bash in `default` mode; `options` is "
+    '["allow", "deny"], also `tool_name`, `tool_input`, `tool_use_id`, `description`; answer `allow` to run '
+    "it, `deny` to refuse, any other text refuses it and reaches the agent as the reason).\n\n"
+    "With the claude backend `message` also carries `role: system` notices (`subtype`, `data`, empty "
+    "`content`) and `result` the SDK's extra fields (`subtype`, `model_usage`, `terminal_reason`, ...)."
 )
 
 
@@ -149,6 +157,12 @@ class RunController(Controller):
     @post(
         "/sessions/{session_id:uuid}/answer",
         summary="Answer the running agent's question",
+        description=(
+            "Delivers `answer` to the pending `question` (`question_id`, or the oldest pending one). For a "
+            "`permission` question (claude backend), `allow` approves the tool, `deny` refuses it, and any "
+            "other text refuses it with that text as the reason given to the agent. For an `ask_user_question` "
+            "question the text is the user's answer."
+        ),
         status_code=200,
         responses=problem_responses(404, 409, 422),
     )
