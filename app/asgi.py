@@ -17,7 +17,6 @@ from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins import CLIPluginProtocol, InitPluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
@@ -39,8 +38,8 @@ from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
+from app.lib import docs, metrics, migrations, tracing
 from app.lib import logging as app_logging
-from app.lib import metrics, migrations, tracing
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
 from app.lib.valkey.control import ControlChannel, SignalMarker
@@ -203,7 +202,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if otel is not None:
         middleware.insert(0, tracing.RouteSpanNameMiddleware)
     app = Litestar(
-        route_handlers=[HealthController, SessionController, RunController, MetricsController],
+        route_handlers=[
+            HealthController,
+            SessionController,
+            RunController,
+            MetricsController,
+            docs.swagger_assets_router(),
+        ],
         plugins=[
             app_logging.build_structlog_plugin(
                 level=settings.app.log_level, fmt=settings.app.log_format, instance_id=settings.app.instance_id
@@ -222,7 +227,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version="1.0.0",
             description="Runs Claude agent sessions for REST and Server-Sent-Events clients.",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[docs.swagger_render_plugin()],
             components=Components(
                 security_schemes={
                     "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
