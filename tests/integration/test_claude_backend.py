@@ -12,6 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+
+from app.asgi import build_alchemy_config
+from app.db.models import AgentTranscriptEntry
 
 pytest.importorskip("claude_agent_sdk")
 
@@ -23,9 +27,10 @@ from tests.claude.harness import (
     claude_b,
     claude_env,
 )
-from tests.conftest import Instance
+from tests.conftest import Instance, make_settings
 from tests.helpers import assert_problem
 from tests.integration.test_runs import new_session, next_event, run_to_done, session_status, start_stream
+from tests.servers import TestServers
 
 __all__ = ("claude_a", "claude_b", "claude_env")  # fixtures used by name
 
@@ -374,3 +379,44 @@ async def test_many_runs_leave_no_cli_processes(claude_a: Instance, claude_env: 
     assert len(pids) == 4
     await assert_no_orphans(pids)
     assert not child_pids() & set(pids)
+
+
+async def test_interrupt_while_a_question_waits(
+    claude_a: Instance, claude_b: Instance, claude_env: ClaudeEnv, api_key: str
+) -> None:
+    mark = claude_env.mark()
+    async with claude_a.client(api_key) as ca, claude_b.client(api_key) as cb:
+        resp, events = await start_stream(ca, "/api/v1/query", {"prompt": "ask"})
+        try:
+            sid = (await next_event(events, "init")).data["session_id"]
+            await next_event(events, "question")
+            assert (await cb.post(f"/api/v1/sessions/{sid}/interrupt")).status_code == 202
+            result = await next_event(events, "result")
+            done = await next_event(events, "done")
+        finally:
+            await resp.aclose()
+        assert result.data["stop_reason"] == "interrupted" and done.data == {"reason": "interrupted"}
+        assert_problem(await cb.post(f"/api/v1/sessions/{sid}/answer", json={"answer": "red"}), 409, "NOT_RUNNING")
+    await assert_no_orphans([r["pid"] for r in claude_env.since(mark)])
+
+
+async def test_deleting_a_session_removes_its_agent_transcript(
+    claude_a: Instance, claude_env: ClaudeEnv, servers: TestServers, api_key: str
+) -> None:
+    async with claude_a.client(api_key) as ca:
+        events, _ = await cli_run(claude_env, ca, "/api/v1/query", {"prompt": "keep me"})
+        sid = events[0].data["session_id"]
+        _, record = await cli_run(claude_env, ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "again"})
+        sdk_session = flag_value(record["argv"], "--resume")
+        config = build_alchemy_config(make_settings(servers, "check"))
+        count = (
+            select(func.count()).select_from(AgentTranscriptEntry).where(AgentTranscriptEntry.session_id == sdk_session)
+        )
+        try:
+            async with config.get_session() as db:
+                assert (await db.execute(count)).scalar_one() > 0
+            assert (await ca.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+            async with config.get_session() as db:
+                assert (await db.execute(count)).scalar_one() == 0
+        finally:
+            await config.get_engine().dispose()
