@@ -11,6 +11,8 @@ from app.agents.registry import BackendUnavailableError
 from app.asgi import create_app
 from app.config.settings import AppSettings, DatabaseSettings, Settings, ValkeySettings
 
+pytest.importorskip("claude_agent_sdk")
+
 
 def claude_settings(api_key: str) -> Settings:
     return Settings(
