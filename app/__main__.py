@@ -16,6 +16,11 @@ def _command(argv: list[str]) -> str | None:
 def run_cli() -> None:
     os.environ.setdefault("LITESTAR_APP", "app.asgi:create_app")
     command = _command(sys.argv[1:])
+    if command != "run":
+        # Their stdout is their output (e.g. `keys create` ends with the key): log lines go to stderr.
+        from app.lib.logging import log_to_stderr
+
+        log_to_stderr()
     if command in {"run", "database", "db", "keys"}:
         from app.cli.embedded import prepare_environment
 

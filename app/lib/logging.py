@@ -138,14 +138,23 @@ def _json_serializer(value: Any, **_kwargs: Any) -> str:
     return msgspec.json.encode(value, enc_hook=str).decode()
 
 
+_to_stderr = False
+
+
+def log_to_stderr() -> None:
+    """For CLI commands whose stdout is their output (e.g. `keys create` prints the key on its last line)."""
+    global _to_stderr
+    _to_stderr = True
+
+
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stdout` is at the time (test runners swap it)."""
+    """Writes to whatever `sys.stdout` is at the time (test runners swap it), or stderr after `log_to_stderr()`."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
+        self.stream = sys.stderr if _to_stderr else sys.stdout
         super().emit(record)
 
 
