@@ -3,6 +3,7 @@ flushed mid-run → the owner re-takes its lease and the run completes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -102,3 +103,42 @@ async def test_sse_ping_after_silence(instance_factory: InstanceFactory, api_key
             sid = question.id and (await client.get("/api/v1/sessions")).json()["items"][0]["id"]
             await client.post(f"/api/v1/sessions/{sid}/interrupt")
         assert pings == 2
+
+
+@pytest.mark.parametrize("server", ["valkey", "postgres"])
+async def test_stream_survives_a_short_outage_mid_run(
+    servers: TestServers, instance_factory: InstanceFactory, api_key: str, server: str
+) -> None:
+    """Found by the chaos suite: a Valkey or Postgres restart while a client followed a run aborted the HTTP
+    response mid-stream (no `done`). The stream now waits the outage out with pings and ends with `done`."""
+    inst = await instance_factory("outage", runs__lease_renew_interval=0.3, runs__ping_interval=0.3)
+    stop, start = (
+        (servers.stop_valkey, servers.start_valkey)
+        if server == "valkey"
+        else (servers.stop_postgres, servers.start_postgres)
+    )
+    async with inst.client(api_key) as client:
+        sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
+        async with client.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 2"}) as resp:
+            events = []
+            outage_done = False
+            async for ev in iter_sse(resp):
+                if ev.comment:
+                    continue
+                events.append(ev)
+                if ev.event == "message" and not outage_done:
+                    outage_done = True
+                    await asyncio.to_thread(stop)
+                    try:
+                        # Long enough for several blocking reads and status checks to fail.
+                        await asyncio.sleep(1.5)
+                    finally:
+                        await asyncio.to_thread(start)
+                if ev.event == "done":
+                    break
+        assert events[-1].event == "done", [e.event for e in events]
+
+        async def finished() -> bool:
+            return bool((await client.get(f"/api/v1/sessions/{sid}")).json()["status"] != "running")
+
+        await wait_for(finished, timeout=30, what="the run to finish")

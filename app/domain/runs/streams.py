@@ -6,7 +6,9 @@ run's durable events are replayed from Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from uuid import UUID
 
@@ -18,10 +20,15 @@ from app.db.models import AgentSession, SessionEvent
 from app.domain.sessions.keys import active_key, events_key
 from app.domain.sessions.services import SessionInfra
 from app.lib import metrics
+from app.lib.problems import is_database_unavailable, is_valkey_unavailable
 from app.lib.sse import SSEFrame
 from app.lib.valkey.event_log import parse_entry_id
 
 logger = logging.getLogger(__name__)
+
+# How long a follower waits out an unreachable Valkey or Postgres before giving up on the stream.
+MAX_OUTAGE_SECONDS = 30.0
+OUTAGE_RETRY_SECONDS = 0.25
 
 
 class EventFollower:
@@ -54,17 +61,33 @@ class EventFollower:
                     return
             if await self.infra.lease.get(active_key(session_id)) is None:
                 return
+        outage_since: float | None = None
         while True:
-            entries = await self.infra.events.read_after(key, last, count=500, block_ms=self.ping_ms)
-            if not entries:
-                if await self._run_is_over(session_id):
+            try:
+                entries = await self.infra.events.read_after(key, last, count=500, block_ms=self.ping_ms)
+                over = not entries and await self._run_is_over(session_id)
+                if over:
                     # One last non-blocking look: `done` may have landed after the blocking read ended.
                     entries = await self.infra.events.read_after(key, last, count=500)
-                    if not entries:
-                        return
-                else:
-                    yield None
-                    continue
+            except Exception as exc:
+                # Valkey or Postgres unreachable for a moment: the run goes on (its writers retry), so the
+                # stream stays open with pings and reads on when they are back, instead of breaking mid-body.
+                if not (is_valkey_unavailable(exc) or is_database_unavailable(exc)):
+                    raise
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since > MAX_OUTAGE_SECONDS:
+                    raise
+                logger.warning("event stream of %s: %s, retrying", session_id, type(exc).__name__)
+                await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+                yield None
+                continue
+            outage_since = None
+            if not entries:
+                if over:
+                    return
+                yield None
+                continue
             batch: list[SSEFrame] = []
             for entry in entries:
                 frame = SSEFrame(
