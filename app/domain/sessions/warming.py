@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import func, select
@@ -69,8 +70,12 @@ class CacheWarmer:
         warmed = 0
         try:
             async with asyncio.timeout(self.timeout):
-                if not await self._claim():
-                    logger.info("cache warming skipped: another instance warmed the cache just now")
+                claim = await self._claim()
+                if claim != "claimed":
+                    logger.info(
+                        "cache warming skipped: %s",
+                        "another instance warmed the cache just now" if claim == "taken" else "Valkey unavailable",
+                    )
                     return 0
                 rows = await self.load()
                 warmed = await self.put(rows)
@@ -85,12 +90,13 @@ class CacheWarmer:
             )
         return warmed
 
-    async def _claim(self) -> bool:
+    async def _claim(self) -> Literal["claimed", "taken", "unavailable"]:
         try:
             async with bounded():
-                return bool(await self.client.set(WARM_MARKER_KEY, self.instance_id, nx=True, ex=WARM_MARKER_TTL))
+                taken = await self.client.set(WARM_MARKER_KEY, self.instance_id, nx=True, ex=WARM_MARKER_TTL)
         except VALKEY_ERRORS:
-            return False  # no Valkey, no cache to warm
+            return "unavailable"  # no Valkey, no cache to warm
+        return "claimed" if taken else "taken"
 
     async def load(self) -> list[AgentSession]:
         """The `count` most recently active sessions, most recent first."""
