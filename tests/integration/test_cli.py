@@ -138,3 +138,35 @@ def test_run_makes_a_dev_key_only_with_its_own_embedded_postgres(
     finally:
         monkeypatch.delenv("API_KEY", raising=False)
         get_settings.cache_clear()
+
+
+async def test_keys_create_on_a_brand_new_database(servers: TestServers) -> None:
+    """`keys create` before the server ever ran: it applies the migrations first, as the server would."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(servers.database_url)
+    fresh = f"fresh_{secrets.token_hex(4)}"
+    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{fresh}"')
+        env_url = url.set(database=fresh).render_as_string(hide_password=False)
+        env = {k: v for k, v in os.environ.items() if k not in {"API_KEY", "VALKEY_URL", "LITESTAR_APP"}}
+        env |= {"DATABASE_URL": env_url, "DATABASE_MIGRATE_ON_STARTUP": "true"}
+        proc = await asyncio.create_subprocess_exec(
+            "uv", "run", "--no-sync", "agent-api", "keys", "create", "--name", "first",
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        key = out.decode().strip().splitlines()[-1]
+        assert key.startswith("aak_")
+        conn = await asyncpg.connect(url.set(drivername="postgresql", database=fresh).render_as_string(False))
+        try:
+            assert await conn.fetchval("SELECT key_hash FROM api_key WHERE name = 'first'") == hash_key(key)
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
+        await admin.close()

@@ -12,7 +12,9 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar import Litestar
 from litestar.cli._utils import LitestarGroup
 
+from app.config.settings import Settings
 from app.domain.keys.services import ApiKeyService
+from app.lib import migrations
 
 T = TypeVar("T")
 
@@ -21,6 +23,11 @@ def _run(app: Litestar, work: Callable[[ApiKeyService], Awaitable[T]]) -> T:
     # The plugin holds a list of configs; the app keeps its one config in state.
     config = app.state["alchemy_config"]
     assert isinstance(config, SQLAlchemyAsyncConfig)
+    settings = app.state["settings"]
+    assert isinstance(settings, Settings)
+    if settings.db.migrate_on_startup:
+        # As the server would: on a brand-new database the api_key table must exist first.
+        migrations.upgrade_sync(config)
 
     async def main() -> T:
         try:
