@@ -142,3 +142,46 @@ async def test_stream_survives_a_short_outage_mid_run(
             return bool((await client.get(f"/api/v1/sessions/{sid}")).json()["status"] != "running")
 
         await wait_for(finished, timeout=30, what="the run to finish")
+
+
+async def test_run_keeps_its_lease_while_finishing_through_a_postgres_outage(
+    servers: TestServers, instance_factory: InstanceFactory, api_key: str, valkey: Any
+) -> None:
+    """Found by the chaos suite: the lease was no longer renewed once the agent finished, so a run whose final
+    commit waited out a Postgres outage longer than the lease TTL lost its lease; followers then saw "no lease,
+    status final" before `done` was appended and closed the stream without `done` (and the session was
+    open to a second run while the first still finished)."""
+    inst = await instance_factory(
+        "finisher",
+        runs__lease_ttl_ms=1000,
+        runs__lease_renew_interval=0.2,
+        runs__reaper_interval=3600,
+        runs__ping_interval=0.2,
+    )
+    async with inst.client(api_key) as client:
+        sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
+        lease_key = f"agentapi:{{{sid}}}:active"
+        async with client.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 0.3"}) as resp:
+            events = []
+            async for ev in iter_sse(resp):
+                if ev.comment:
+                    continue
+                events.append(ev)
+                if ev.event == "result":
+                    # The agent is done; the run now commits its final status: make that wait for Postgres.
+                    await asyncio.to_thread(servers.stop_postgres)
+                    try:
+                        await asyncio.sleep(2.5)  # over twice the lease TTL
+                        assert await valkey.exists(lease_key), "the finishing run let its lease lapse"
+                    finally:
+                        await asyncio.to_thread(servers.start_postgres)
+                if ev.event == "done":
+                    break
+        assert [e.event for e in events][-2:] == ["result", "done"], [e.event for e in events]
+        assert events[-1].data == {"reason": "completed"}
+
+        async def completed() -> bool:
+            return bool((await client.get(f"/api/v1/sessions/{sid}")).json()["status"] == "completed")
+
+        await wait_for(completed, timeout=30, what="the run's final status")
+        assert not await valkey.exists(lease_key)

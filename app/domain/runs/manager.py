@@ -70,6 +70,7 @@ class LocalRun:
     lease_lost: bool = False
     interrupt_at: float | None = None
     task: asyncio.Task[None] | None = None
+    heartbeat: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -213,7 +214,9 @@ class RunManager:
         stats = RunStats()
         consumer = asyncio.create_task(self._consume(run, stats), name=f"consume-{run.run_id}")
         watcher = asyncio.create_task(run.interrupt_requested.wait())
-        heartbeat = asyncio.create_task(self._heartbeat(run), name=f"heartbeat-{run.run_id}")
+        # Renews the lease until `_finish` releases it: a final commit that waits out a database outage must not
+        # let the lease lapse (followers would take "no lease, final status" for the end, without `done`).
+        run.heartbeat = asyncio.create_task(self._heartbeat(run), name=f"heartbeat-{run.run_id}")
         try:
             done, _ = await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if consumer in done:
@@ -239,7 +242,6 @@ class RunManager:
             reason = "error"
         finally:
             watcher.cancel()
-            heartbeat.cancel()
             with contextlib.suppress(Exception):
                 await run.agent.aclose()
             try:
@@ -249,6 +251,7 @@ class RunManager:
                     extra={"reason": reason, "duration_ms": round((time.monotonic() - run.started) * 1000, 1)},
                 )
             finally:
+                await self._stop_heartbeat(run)
                 await run.recorder.aclose()
                 self.runs.pop(run.run_id, None)
                 run.finished.set()
@@ -375,10 +378,17 @@ class RunManager:
             )
             run.recorder.persisted(entry_id, "done", done)
 
+        await self._stop_heartbeat(run)  # no renewal may re-take the lease once it is released
         await self._retry("release lease", release)
         if run.interrupt_at is not None:
             metrics.interrupt_latency_seconds.observe(time.monotonic() - run.interrupt_at)
         await run.recorder.drain(timeout=10)
+
+    @staticmethod
+    async def _stop_heartbeat(run: LocalRun) -> None:
+        if run.heartbeat is not None:
+            run.heartbeat.cancel()
+            await asyncio.wait({run.heartbeat})  # its end, without taking on its CancelledError
 
     async def _update(self, run: LocalRun, mutate: Any) -> None:
         async with self.alchemy.get_session() as db:
