@@ -340,6 +340,11 @@ async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
 
     assert not lost, lost
     assert not chaos.bad, chaos.bad
+    # Every stream ends with `done`, whatever failed meanwhile; only the killed instance's streams break.
+    unfinished = {k: v for k, v in chaos.run_ends.items() if k.startswith("no done")}
+    broken = {k: v for k, v in chaos.run_ends.items() if k.startswith("stream broken") and "instance killed" not in k}
+    assert not unfinished, unfinished
+    assert not broken, broken
     assert chaos.operations["read"] > 0
     assert chaos.run_ends["done completed"] > 0
 
