@@ -211,6 +211,26 @@ async def create_works(key: str, base: str) -> bool:
             return False
 
 
+async def refused_runs(chaos: Chaos, key: str, seconds: float) -> None:
+    """While Valkey is down, new runs on either instance are refused with 503 VALKEY_UNAVAILABLE + Retry-After
+    (no split brain); the load's own runners are meanwhile waiting out the outage inside their streams."""
+    deadline = time.monotonic() + seconds
+    async with chaos.client(key) as client:
+        while time.monotonic() < deadline:
+            resp = await guarded(
+                chaos,
+                "run while Valkey is down",
+                lambda: client.post(chaos.base() + "/api/v1/query", json={"prompt": "x"}),
+            )
+            if resp is not None and not (
+                resp.status_code == 503
+                and resp.json()["code"] == "VALKEY_UNAVAILABLE"
+                and resp.headers.get("retry-after", "").isdigit()
+            ):
+                chaos.bad.append(f"[{chaos.phase}] run not refused: {resp.status_code} {resp.text[:200]}")
+            await asyncio.sleep(0.05)
+
+
 async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
     key = await create_api_key(servers)
     probe_key = await create_api_key(servers)
@@ -232,7 +252,7 @@ async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
         for round_ in (1, 2):
             chaos.phase = f"valkey down {round_}"
             await asyncio.to_thread(servers.stop_valkey)
-            await asyncio.sleep(OUTAGE)
+            await refused_runs(chaos, probe_key, OUTAGE)
             await asyncio.to_thread(servers.start_valkey)
             chaos.phase = f"valkey back {round_}"
             back = time.monotonic()
