@@ -161,17 +161,20 @@ async def test_run_keeps_its_lease_while_finishing_through_a_postgres_outage(
     async with inst.client(api_key) as client:
         sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
         lease_key = f"agentapi:{{{sid}}}:active"
-        async with client.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 0.3"}) as resp:
+        async with client.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 1"}) as resp:
             events = []
+            outage = False
             async for ev in iter_sse(resp):
                 if ev.comment:
                     continue
                 events.append(ev)
-                if ev.event == "result":
-                    # The agent is done; the run now commits its final status: make that wait for Postgres.
+                if ev.event == "message" and not outage:
+                    # Postgres goes away before the agent ends (in ~0.9 s), so the run's final commit has to wait
+                    # for it, well past the lease TTL.
+                    outage = True
                     await asyncio.to_thread(servers.stop_postgres)
                     try:
-                        await asyncio.sleep(2.5)  # over twice the lease TTL
+                        await asyncio.sleep(3)
                         assert await valkey.exists(lease_key), "the finishing run let its lease lapse"
                     finally:
                         await asyncio.to_thread(servers.start_postgres)
