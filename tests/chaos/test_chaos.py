@@ -62,6 +62,7 @@ class Chaos:
     attempted: dict[str, int] = field(default_factory=dict)  # session id -> highest attempted metadata n
     run_ends: Counter[str] = field(default_factory=Counter)
     recovery_s: dict[str, float] = field(default_factory=dict)
+    interrupt_ms: dict[str, list[float]] = field(default_factory=dict)  # phase -> interrupt B -> done on A
     instances: list[str] = field(default_factory=list)
 
     def record(self, op: str, outcome: str, detail: str = "") -> None:
@@ -178,6 +179,54 @@ async def runner(chaos: Chaos, key: str, prompt: str) -> None:
             await asyncio.sleep(0.02)
 
 
+async def interrupter(chaos: Chaos, key: str) -> None:
+    """Starts a long run on one instance and interrupts it from the other: how long until `done`."""
+    async with chaos.client(key) as client:
+        sid: str | None = None
+        while not chaos.stop:
+            if len(chaos.instances) < 2:
+                return  # one instance left: nothing "across instances" to measure
+            owner, other = random.sample(chaos.instances, 2)
+            if sid is None:
+                resp = await guarded(
+                    chaos, "create", lambda owner=owner: client.post(owner + API, json={"title": "interrupter"})
+                )
+                if resp is None or resp.status_code != 201:
+                    await asyncio.sleep(0.1)
+                    continue
+                sid = resp.json()["id"]
+                chaos.created[sid] = "interrupter"
+            try:
+                async with client.stream("POST", f"{owner}{API}/{sid}/resume", json={"prompt": "sleep 5"}) as resp:
+                    if resp.status_code != 200:
+                        await resp.aread()
+                        chaos.record("run", outcome_of(resp), resp.text)
+                        await asyncio.sleep(0.1)
+                        continue
+                    chaos.record("run", "200")
+                    sent = 0.0
+                    end = "no done"
+                    async for ev in iter_sse(resp):
+                        if ev.event == "message" and not sent:
+                            sent = time.monotonic()
+                            await guarded(
+                                chaos,
+                                "interrupt",
+                                lambda other=other, sid=sid: client.post(f"{other}{API}/{sid}/interrupt"),
+                            )
+                        if ev.event == "done":
+                            end = f"done {ev.data['reason']}"
+                            if ev.data["reason"] == "interrupted":
+                                chaos.interrupt_ms.setdefault(chaos.phase, []).append(
+                                    round((time.monotonic() - sent) * 1000, 1)
+                                )
+                            break
+                    chaos.run_ends[end if end != "no done" else f"no done ({chaos.phase})"] += 1
+            except httpx.TransportError as exc:
+                chaos.record("run", f"transport {type(exc).__name__}")
+                chaos.run_ends[f"stream broken ({chaos.phase})"] += 1
+
+
 async def ready(base: str) -> bool:
     try:
         async with httpx.AsyncClient(timeout=2) as anon:
@@ -246,6 +295,7 @@ async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
             asyncio.create_task(runner(chaos, key, "chaos says hello to everyone")),
             asyncio.create_task(runner(chaos, key, "sleep 0.5")),
             asyncio.create_task(runner(chaos, key, "sleep 0.5")),
+            asyncio.create_task(interrupter(chaos, key)),
         ]
         await asyncio.sleep(2)  # steady load before the first fault
 
@@ -352,6 +402,10 @@ async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
             "acknowledged_creates": len(chaos.created),
             "acknowledged_patches_sessions": len(chaos.patched),
             "recovery_s": chaos.recovery_s,
+            "interrupt_across_instances_ms": {
+                phase: {"n": len(v), "max": max(v), "median": sorted(v)[len(v) // 2]}
+                for phase, v in chaos.interrupt_ms.items()
+            },
             "violations": chaos.bad,
         }
         ARTIFACTS.mkdir(exist_ok=True)
@@ -367,6 +421,7 @@ async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
     assert not broken, broken
     assert chaos.operations["read"] > 0
     assert chaos.run_ends["done completed"] > 0
+    assert chaos.run_ends["done interrupted"] > 0
 
 
 async def servers_flush_valkey(servers: TestServers) -> None:
@@ -381,7 +436,7 @@ async def servers_flush_valkey(servers: TestServers) -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     print(f"\nchaos: {report['operations_total']} operations in {report['seconds']} s")
-    for name in ("operations", "outcomes", "run_ends", "recovery_s"):
+    for name in ("operations", "outcomes", "run_ends", "recovery_s", "interrupt_across_instances_ms"):
         print(f"  {name}:")
         for k, v in report[name].items():
             print(f"    {k:<60} {v}")
