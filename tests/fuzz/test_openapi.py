@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -34,7 +35,8 @@ from tests.servers import TestServers
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.processes]
 
-MAX_EXAMPLES = 25
+# Per operation; CI keeps the default (about a minute on 2 cores), FUZZ_MAX_EXAMPLES=200 digs deeper locally.
+MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 REQUEST_TIMEOUT = 20.0
 LONG_SCRIPTS = frozenset({"sleep", "ask", "burst"})
