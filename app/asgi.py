@@ -27,7 +27,7 @@ from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
-from app.domain.runs.backend import build_backend
+from app.domain.runs.backend import build_backend, settings_check
 from app.domain.runs.controllers import RunController
 from app.domain.runs.manager import RunManager
 from app.domain.runs.reaper import RunReaper
@@ -78,6 +78,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         settings = self.settings
         clients = self.valkey.clients
+        backend = build_backend(settings, self.alchemy)
         infra = SessionInfra(
             cache=SessionCache(VersionedCache(clients.main, ttl=settings.sessions.cache_ttl, getter=clients.getter)),
             lock=DistributedLock(
@@ -90,8 +91,8 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             events=EventLog(clients.main, clients.blocking),
             control=ControlChannel(clients.main, clients.blocking, CONTROL_CHANNEL),
             markers=SignalMarker(clients.main),
+            check_agent_settings=settings_check(backend),
         )
-        backend = build_backend(settings, self.alchemy)
         self.run_manager = RunManager(settings, infra, self.alchemy, backend)
         self.reaper = RunReaper(settings, infra, self.alchemy)
         self.warmer = CacheWarmer(
@@ -238,5 +239,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=settings.app.debug,
     )
-    app_logging.install(app, instance_id=settings.app.instance_id, access_log=settings.app.log_access)
+    app_logging.install(
+        app,
+        instance_id=settings.app.instance_id,
+        access_log=settings.app.log_access,
+        fmt=settings.app.log_format,
+    )
     return app

@@ -161,7 +161,7 @@ async def test_thinking_tool_and_system_messages_are_all_mapped(
 
 
 async def test_unknown_tools_models_and_formats_are_422_before_any_run(
-    claude_a: Instance, claude_env: ClaudeEnv, api_key: str
+    claude_a: Instance, shared_instance: Instance, claude_env: ClaudeEnv, api_key: str
 ) -> None:
     bad_bodies = [
         {"prompt": "hi", "allowed_tools": ["Read", "Teleport"]},
@@ -174,7 +174,10 @@ async def test_unknown_tools_models_and_formats_are_422_before_any_run(
         for body in bad_bodies:
             assert_problem(await ca.post("/api/v1/query", json=body), 422, "VALIDATION_ERROR")
         assert (await ca.get("/api/v1/sessions")).json()["total"] == 0  # no session was created
-        sid = await new_session(ca, model="not-a-claude-model")
+        # A session stored with a model the claude backend refuses (made through a demo-backend instance, as
+        # after a narrower CLAUDE_MODELS): its runs are refused before they start.
+        async with shared_instance.client(api_key) as demo:
+            sid = await new_session(demo, model="not-a-claude-model")
         before = await session_status(ca, sid)
         body = assert_problem(
             await ca.post(f"/api/v1/sessions/{sid}/resume", json={"prompt": "hi"}), 422, "VALIDATION_ERROR"
@@ -193,6 +196,28 @@ async def test_unknown_tools_models_and_formats_are_422_before_any_run(
         )
         assert events[-1].data == {"reason": "completed"}
     assert len(claude_env.since(mark)) == 1  # only the valid run started a CLI
+
+
+async def test_sessions_refuse_models_their_runs_would_refuse(
+    claude_a: Instance, claude_b: Instance, api_key: str
+) -> None:
+    async with claude_a.client(api_key) as ca, claude_b.client(api_key) as cb:
+        body = assert_problem(await ca.post("/api/v1/sessions", json={"model": "gpt-4o"}), 422, "VALIDATION_ERROR")
+        assert "gpt-4o" in body["detail"]
+        assert (await ca.get("/api/v1/sessions")).json()["total"] == 0  # nothing was stored
+        sid = await new_session(ca, model="claude-sonnet-4-5", title="kept")
+        before = await session_status(cb, sid)
+        assert_problem(await cb.patch(f"/api/v1/sessions/{sid}", json={"model": "llama-3"}), 422, "VALIDATION_ERROR")
+        assert_problem(
+            await cb.patch(f"/api/v1/sessions/{sid}", json={"title": "lost", "model": "llama-3"}),
+            422,
+            "VALIDATION_ERROR",
+        )
+        after = await session_status(ca, sid)
+        assert after == before  # neither the model nor the title of the refused patch was applied
+        patched = await cb.patch(f"/api/v1/sessions/{sid}", json={"model": "claude-opus-4-1"})
+        assert patched.status_code == 200 and patched.json()["model"] == "claude-opus-4-1"
+        assert (await cb.patch(f"/api/v1/sessions/{sid}", json={"model": None})).json()["model"] is None
 
 
 async def test_resume_on_the_other_instance_comes_from_postgres(

@@ -16,6 +16,7 @@ from msgspec import UNSET
 from sqlalchemy import delete, func, insert, literal, or_, select
 from sqlalchemy.orm.exc import StaleDataError
 
+from app.agents.base import AgentRequestError
 from app.db.models import AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
 from app.domain.sessions.cache import MISS, SessionCache
 from app.domain.sessions.keys import active_key, events_key, interrupt_key, lock_key
@@ -49,6 +50,16 @@ class SessionInfra:
     events: EventLog
     control: ControlChannel
     markers: SignalMarker
+    # The agent backend's check of a session's model and permission mode (raises `AgentRequestError`): a
+    # session never stores settings its runs would refuse. The default accepts everything.
+    check_agent_settings: Callable[[str | None, str | None], None] = lambda _model, _mode: None
+
+
+def check_agent_settings(infra: SessionInfra, model: str | None, permission_mode: str | None) -> None:
+    try:
+        infra.check_agent_settings(model, permission_mode)
+    except AgentRequestError as exc:
+        raise ApiError(422, "VALIDATION_ERROR", str(exc), title="Invalid session settings") from exc
 
 
 def session_not_found(session_id: UUID) -> ApiError:
@@ -173,6 +184,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     # -- writes ------------------------------------------------------------------------------------
 
     async def create_session(self, owner_key_id: UUID, data: SessionCreate) -> Session:
+        check_agent_settings(self.infra, data.model, data.permission_mode)
         row = await self.create(
             AgentSession(
                 owner_key_id=owner_key_id,
@@ -251,6 +263,10 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     async def update_session(
         self, session_id: UUID, owner_key_id: UUID, data: SessionUpdate, *, expected_version: int | None
     ) -> Session:
+        model = data.model if data.model is not UNSET else None
+        permission_mode = data.permission_mode if data.permission_mode is not UNSET else None
+        check_agent_settings(self.infra, model, permission_mode)
+
         def mutate(row: AgentSession) -> None:
             if data.title is not UNSET:
                 row.title = data.title
