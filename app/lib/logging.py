@@ -14,6 +14,7 @@ key are masked as a last line of defence.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -21,8 +22,10 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import Request
 from litestar.enums import ScopeType
@@ -133,8 +136,6 @@ def drop_color_message(_logger: WrappedLogger, _method: str, event_dict: EventDi
 
 
 def _json_serializer(value: Any, **_kwargs: Any) -> str:
-    import msgspec
-
     return msgspec.json.encode(value, enc_hook=str).decode()
 
 
@@ -216,6 +217,51 @@ def build_structlog_plugin(*, level: str, fmt: str, instance_id: str) -> Structl
     return StructlogPlugin(StructlogConfig(structlog_logging_config=config, enable_middleware_logging=False))
 
 
+# -- access lines --------------------------------------------------------------------------------------
+
+
+class JsonAccessLog:
+    """Writes JSON access lines without the standard library's logging machinery.
+
+    One line per request is the hottest log path there is: through `logging` and the structlog formatter it cost
+    about 65 µs (a LogRecord, six processors, a flush per line), a quarter of a cache-hit read. Here it is one
+    dict, one msgspec encode, and one write and flush per event-loop turn for all lines of that turn. The line
+    has the same shape as every other line (see the module docstring); the level check still follows the
+    `app.access` logger, so `LOG_LEVEL` works as before."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder(enc_hook=str)
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
+
+    def write(self, level: int, fields: dict[str, Any]) -> None:
+        line: dict[str, Any] = {"event": "request", **structlog.contextvars.get_contextvars()}
+        line["level"] = logging.getLevelName(level).lower()
+        line["logger"] = access_logger.name
+        line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        line.update(fields)
+        self._pending.append(self._encoder.encode(line))
+        if not self._flush_scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+                self._flush_scheduled = True
+            except RuntimeError:  # no loop (not expected in a request): write now
+                self.flush()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        data = b"\n".join(self._pending) + b"\n"
+        self._pending.clear()
+        stream = sys.stderr if _to_stderr else sys.stdout
+        try:
+            stream.write(data.decode())
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken stdout: a lost access line must not fail anything
+            pass
+
+
 # -- middleware ----------------------------------------------------------------------------------------
 
 
@@ -225,10 +271,12 @@ class RequestContextMiddleware:
     It wraps Litestar's whole handler (see `install`), so responses the router or the exception handlers make
     (404 for an unknown path, 401, 413, 500) carry `X-Request-ID` too."""
 
-    def __init__(self, app: ASGIApp, *, instance_id: str, access_log: bool) -> None:
+    def __init__(self, app: ASGIApp, *, instance_id: str, access_log: bool, json_lines: bool = True) -> None:
         self.app = app
         self.instance_id = instance_id
         self.access_log = access_log
+        # JSON lines take the fast path; the console format goes through `logging` (it is for humans, not load).
+        self.json_access_log = JsonAccessLog() if json_lines else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -256,22 +304,24 @@ class RequestContextMiddleware:
                 path: str = scope.get("path", "")
                 level = logging.DEBUG if path.startswith(_QUIET_PATHS) else logging.INFO
                 if access_logger.isEnabledFor(level):
-                    access_logger.log(
-                        level,
-                        "request",
-                        extra={
-                            "method": scope.get("method"),
-                            "path": path,
-                            "status": status,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        },
-                    )
+                    fields = {
+                        "method": scope.get("method"),
+                        "path": _mask(path),
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    }
+                    if self.json_access_log is not None:
+                        self.json_access_log.write(level, fields)
+                    else:
+                        access_logger.log(level, "request", extra=fields)
             structlog.contextvars.clear_contextvars()
 
 
-def install(app: Any, *, instance_id: str, access_log: bool) -> None:
+def install(app: Any, *, instance_id: str, access_log: bool, fmt: str = "json") -> None:
     """Puts `RequestContextMiddleware` around a Litestar app's ASGI handler (outside its exception handling)."""
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, instance_id=instance_id, access_log=access_log)
+    app.asgi_handler = RequestContextMiddleware(
+        app.asgi_handler, instance_id=instance_id, access_log=access_log, json_lines=fmt.lower() != "console"
+    )
 
 
 async def bind_session_from_path(request: Request[Any, Any, Any]) -> None:

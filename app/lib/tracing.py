@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from app.lib.logging import bind_log_context
+
 if TYPE_CHECKING:
     from litestar.plugins.opentelemetry import OpenTelemetryPlugin
     from opentelemetry.sdk.trace import TracerProvider
@@ -72,7 +74,9 @@ def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
 
 
 class RouteSpanNameMiddleware:
-    """Runs after routing: names the server span `<METHOD> <route template>` and sets `http.route`."""
+    """Runs after routing: names the server span `<METHOD> <route template>` and sets `http.route`; puts the
+    span's `trace_id` and `span_id` on this request's log lines (the access line included), so logs and
+    traces join up."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -83,9 +87,12 @@ class RouteSpanNameMiddleware:
 
             span = trace.get_current_span()
             template = scope.get("path_template")
-            if template and span.is_recording():
-                span.update_name(f"{scope.get('method', '')} {template}")
-                span.set_attribute("http.route", template)
+            if span.is_recording():
+                if template:
+                    span.update_name(f"{scope.get('method', '')} {template}")
+                    span.set_attribute("http.route", template)
+                context = span.get_span_context()
+                bind_log_context(trace_id=format(context.trace_id, "032x"), span_id=format(context.span_id, "016x"))
         await self.app(scope, receive, send)
 
 

@@ -3,6 +3,9 @@ configured."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from app.lib import tracing
@@ -18,16 +21,17 @@ API = "/api/v1/sessions"
 
 
 async def test_a_request_makes_a_server_span_named_by_its_route(
-    instance_factory: InstanceFactory, api_key: str, monkeypatch: pytest.MonkeyPatch
+    instance_factory: InstanceFactory, api_key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     exporter = InMemorySpanExporter()
     monkeypatch.setattr(tracing, "span_exporter", lambda: exporter)
     monkeypatch.setattr(tracing, "_provider", None)
     inst: Instance = await instance_factory("traced", app__otel_enabled=True)
 
+    capsys.readouterr()
     async with inst.client(api_key) as c:
         sid = (await c.post(API, json={"title": "traced"})).json()["id"]
-        assert (await c.get(f"{API}/{sid}")).status_code == 200
+        assert (await c.get(f"{API}/{sid}", headers={"X-Request-ID": "traced-get"})).status_code == 200
         assert (await c.get("/health/live")).status_code == 200
         assert (await c.get(f"{API}/{'0' * 8}-0000-0000-0000-{'0' * 12}")).status_code == 404
 
@@ -52,6 +56,12 @@ async def test_a_request_makes_a_server_span_named_by_its_route(
     assert not any(sid in s.name for s in servers)
     # The request's spans share nothing with the send/receive noise: only server spans were made.
     assert all(s.kind == SpanKind.SERVER for s in exporter.get_finished_spans())
+
+    # The access line of the traced GET names its span: logs and traces join up.
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    line: dict[str, Any] = next(x for x in lines if x.get("request_id") == "traced-get" and x["event"] == "request")
+    span_ids = {format(s.context.span_id, "016x"): format(s.context.trace_id, "032x") for s in get if s.context}
+    assert line["span_id"] in span_ids and line["trace_id"] == span_ids[line["span_id"]], (line, span_ids)
 
 
 def test_tracing_is_off_unless_configured() -> None:
