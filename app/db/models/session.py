@@ -6,7 +6,7 @@ from uuid import UUID
 
 from advanced_alchemy.base import UUIDv7AuditBase
 from advanced_alchemy.types import DateTimeUTC
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, func
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -44,3 +44,11 @@ class AgentSession(UUIDv7AuditBase):
     """A fork that has not run yet: the parent's backend session id, which its first run forks from."""
 
     __mapper_args__ = {"version_id_col": version}
+
+
+# Startup cache warming reads the most recently active sessions (last run, else last update): migration 0003.
+Index(
+    "ix_agent_session_recency",
+    func.coalesce(AgentSession.last_run_at, AgentSession.updated_at).desc(),
+    AgentSession.id.desc(),
+)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from valkey.asyncio import Valkey
 
 from app.db.models import AgentSession
@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 WARM_MARKER_KEY = global_key("cache-warm")
 WARM_MARKER_TTL = 60
 BATCH = 50
+
+
+def most_recent_sessions(count: int) -> Select[AgentSession]:
+    """Sessions by recency (last run, else last update), newest first; served by `ix_agent_session_recency`."""
+    recency = func.coalesce(AgentSession.last_run_at, AgentSession.updated_at)
+    return select(AgentSession).order_by(recency.desc(), AgentSession.id.desc()).limit(count)
 
 
 class CacheWarmer:
@@ -100,10 +106,8 @@ class CacheWarmer:
 
     async def load(self) -> list[AgentSession]:
         """The `count` most recently active sessions, most recent first."""
-        recency = func.coalesce(AgentSession.last_run_at, AgentSession.updated_at)
-        stmt = select(AgentSession).order_by(recency.desc(), AgentSession.id.desc()).limit(self.count)
         async with self.alchemy.get_session() as db:
-            return list((await db.execute(stmt)).scalars())
+            return list((await db.execute(most_recent_sessions(self.count))).scalars())
 
     async def put(self, rows: Sequence[AgentSession]) -> int:
         """Writes the rows' sessions, set-if-newer, a batch at a time (most recent first)."""
