@@ -31,14 +31,16 @@ from app.domain.runs.backend import build_backend, settings_check
 from app.domain.runs.controllers import RunController
 from app.domain.runs.manager import RunManager
 from app.domain.runs.reaper import RunReaper
+from app.domain.runs.schemas import AnswerRequest, QueryRequest, ResumeRequest
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
+from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
-from app.lib import docs, metrics, migrations, tracing
+from app.lib import docs, metrics, migrations, openapi, tracing
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
@@ -49,6 +51,9 @@ from app.lib.valkey.lock import DistributedLock
 from app.lib.valkey.plugin import ValkeyPlugin, ValkeyPluginConfig
 from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 from app.lib.valkey.versioned_cache import VersionedCache
+
+# Request bodies whose OpenAPI schema is made as strict as their validators (see app.lib.openapi).
+REQUEST_BODIES = (SessionCreate, SessionUpdate, SessionFork, QueryRequest, ResumeRequest, AnswerRequest)
 
 logger = logging.getLogger(__name__)
 
@@ -245,4 +250,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         access_log=settings.app.log_access,
         fmt=settings.app.log_format,
     )
+    openapi.tighten_app_schema(app, REQUEST_BODIES)
     return app

@@ -26,8 +26,9 @@ from app.lib.logging import bind_session_from_path
 from app.lib.problems import ApiError, problem_responses
 
 AuthedRequest = Request[Principal, Any, State]
-# Postgres's bigint: a larger OFFSET cannot even be sent to the database.
-MAX_OFFSET = 2**63 - 1
+# Below Postgres's bigint (a larger OFFSET cannot even be sent to the database) and exact as a JSON number, so
+# the OpenAPI `maximum` means what the validator enforces (2**63 - 1 would be rounded up as a double).
+MAX_OFFSET = 2**53
 
 
 def with_etag(session: Session, status_code: int = 200) -> Response[Session]:

@@ -1,0 +1,66 @@
+"""Makes the generated OpenAPI document as strict as the request validators.
+
+Litestar's schema for a msgspec request body leaves out two rules msgspec enforces: a struct declared with
+`forbid_unknown_fields` refuses unknown members (so the schema says `additionalProperties: false`), and the
+constraints on a list's items (a tag's 1-64 characters, a tool rule's pattern) are dropped. Client generators
+and fuzzers read the document, so it should say what the server does. The rules are taken from msgspec's own
+JSON schema of each struct, so they cannot drift from what is enforced."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar.openapi.spec import OpenAPI, Reference, Schema
+
+_ITEM_CONSTRAINTS = {"minLength": "min_length", "maxLength": "max_length", "pattern": "pattern"}
+
+
+def _array_of(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The array arm of a msgspec property schema (`list[...]` or `list[...] | None`)."""
+    if schema.get("type") == "array":
+        return schema
+    for arm in schema.get("anyOf", ()):
+        if isinstance(arm, dict) and arm.get("type") == "array":
+            return arm
+    return None
+
+
+def _litestar_array_of(schema: Schema | Reference) -> Schema | None:
+    if not isinstance(schema, Schema):
+        return None
+    if schema.items is not None:
+        return schema
+    for arm in [*(schema.one_of or ()), *(schema.any_of or ())]:
+        if isinstance(arm, Schema) and arm.items is not None:
+            return arm
+    return None
+
+
+def tighten(openapi: OpenAPI, structs: Iterable[type[msgspec.Struct]]) -> OpenAPI:
+    """Adds `additionalProperties: false` and list item constraints to the components of `structs`."""
+    components = openapi.components.schemas or {}
+    for struct in structs:
+        component = components.get(struct.__name__)
+        if component is None:
+            continue
+        if struct.__struct_config__.forbid_unknown_fields:
+            component.additional_properties = False
+        _, definitions = msgspec.json.schema_components([struct])
+        for name, rules in definitions[struct.__name__].get("properties", {}).items():
+            source = _array_of(rules)
+            target = _litestar_array_of((component.properties or {}).get(name, Schema()))
+            if source is None or target is None or not isinstance(target.items, Schema):
+                continue
+            for json_name, attribute in _ITEM_CONSTRAINTS.items():
+                if json_name in source.get("items", {}):
+                    setattr(target.items, attribute, source["items"][json_name])
+    return openapi
+
+
+def tighten_app_schema(app: Litestar, structs: Iterable[type[msgspec.Struct]]) -> None:
+    """Builds the app's OpenAPI document now (Litestar caches it) and tightens it in place; call it once all
+    routes are registered."""
+    tighten(app.openapi_schema, structs)
