@@ -7,7 +7,7 @@ from uuid import UUID
 
 from msgspec import Meta, Struct
 
-from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode
+from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode, Usage
 
 MAX_PROMPT_CHARS = 100_000
 
@@ -58,11 +58,6 @@ class AnswerDelivered(Struct):
 class RunError(Struct):
     code: str
     message: str
-
-
-class Usage(Struct):
-    input_tokens: int = 0
-    output_tokens: int = 0
 
 
 class QueryResult(Struct, omit_defaults=False):

@@ -11,10 +11,10 @@ import msgspec
 
 from app.agents.base import AgentRequest, AgentRequestError
 from app.domain.runs.manager import RunManager, valkey_unavailable
-from app.domain.runs.schemas import QueryRequest, QueryResult, RunError, RunOptions, Usage
+from app.domain.runs.schemas import QueryRequest, QueryResult, RunError, RunOptions
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.keys import interrupt_key
-from app.domain.sessions.schemas import Session, SessionCreate
+from app.domain.sessions.schemas import Session, SessionCreate, Usage
 from app.domain.sessions.services import SessionService
 from app.lib.problems import ApiError
 from app.lib.sse import SSEFrame
