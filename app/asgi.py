@@ -40,7 +40,7 @@ from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
-from app.lib import docs, metrics, migrations, openapi, tracing
+from app.lib import docs, metrics, migrations, openapi, routing, tracing
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
@@ -251,4 +251,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         fmt=settings.app.log_format,
     )
     openapi.tighten_app_schema(app, REQUEST_BODIES)
+    routing.fix_options_allow(app)
     return app

@@ -112,14 +112,13 @@ def _served_schema() -> dict[str, Any]:
 SCHEMA_DOCUMENT = _served_schema()
 schema = schemathesis.openapi.from_dict(SCHEMA_DOCUMENT)
 schema.config.generation.update(max_examples=MAX_EXAMPLES, with_security_parameters=False)
-# Every check but two that judge the schema's precision, not the responses:
+# Every check but one that judges the schema's precision, not the responses:
 # - positive_data_acceptance: request bodies are documented as strictly as msgspec enforces them
 #   (`additionalProperties: false`, list item constraints: app.lib.openapi), but some rules have no JSON Schema
 #   form (metadata: 16 KiB as JSON, no U+0000 in any key, bounded nesting) and Litestar documents optional
 #   headers and query strings as nullable (schemathesis then sends the text `null` as an `If-Match`), so some
 #   schema-valid requests get a 400 VALIDATION_ERROR: a 4xx, never a 5xx.
-# - allow_header_conformance: Litestar's automatic OPTIONS answer lists only one handler's methods in `Allow`.
-schema.config.checks.update(excluded_check_names=["positive_data_acceptance", "allow_header_conformance"])
+schema.config.checks.update(excluded_check_names=["positive_data_acceptance"])
 
 
 def test_served_schema_is_the_fuzzed_one(fuzz_target: tuple[str, str]) -> None:
