@@ -284,6 +284,25 @@ async def test_events_replay_after_run_and_after_param(a: Instance, b: Instance,
         assert [e.id for e in tail] == [e.id for e in events[3:]]
         bad = await cb.get(f"/api/v1/sessions/{sid}/events", headers={"Last-Event-ID": "nonsense"})
         assert bad.status_code == 400 and bad.json()["code"] == "VALIDATION_ERROR"
+        # Ids out of any stream's range are bad input too, not a 200 whose body then breaks.
+        for out_of_range in ["99999999999999999999999", "1-18446744073709551616", f"{2**63}-0", f"1-{2**63}"]:
+            for how in ({"headers": {"Last-Event-ID": out_of_range}}, {"params": {"after": out_of_range}}):
+                resp = await cb.get(f"/api/v1/sessions/{sid}/events", **how)  # type: ignore[arg-type]
+                assert resp.status_code == 400 and resp.json()["code"] == "VALIDATION_ERROR", (how, resp.text)
+
+
+async def test_rejoining_after_done_closes_at_once(a: Instance, b: Instance, api_key: str) -> None:
+    """An EventSource reconnects after `done` with the id of `done`: the stream must close at once, not after a
+    blocking read (a ping interval) has run out."""
+    async with a.client(api_key) as ca, b.client(api_key) as cb:
+        sid = await new_session(ca)
+        events = await run_to_done(ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "a b"})
+        for client in (ca, cb):
+            for how in ({"headers": {"Last-Event-ID": events[-1].id}}, {"params": {"after": "9999999999999-0"}}):
+                started = time.monotonic()
+                resp = await client.get(f"/api/v1/sessions/{sid}/events", **how)  # type: ignore[arg-type]
+                assert resp.status_code == 200 and resp.text.strip() == "", resp.text
+                assert time.monotonic() - started < 5.0, how  # the ping interval is 15 s
 
 
 async def test_events_replay_from_postgres_after_flush(a: Instance, b: Instance, api_key: str, valkey: Any) -> None:

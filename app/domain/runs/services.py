@@ -29,6 +29,11 @@ def not_running(session_id: UUID) -> ApiError:
     return ApiError(409, "NOT_RUNNING", f"Session {session_id} has no active run.", title="Not running")
 
 
+# Valkey stream ids are two unsigned 64-bit numbers, Postgres keeps them as signed bigints: larger parts are
+# not ids at all (and would fail deep inside the stream, after the 200 went out).
+MAX_EVENT_ID_PART = 2**63 - 1
+
+
 def parse_after(value: str | None) -> str:
     if value is None or value == "":
         return STREAM_START
@@ -43,6 +48,13 @@ def parse_after(value: str | None) -> str:
         ) from None
     if ms < 0 or seq < 0:
         raise ApiError(400, "VALIDATION_ERROR", "Event ids are non-negative.", title="Invalid event id")
+    if ms > MAX_EVENT_ID_PART or seq > MAX_EVENT_ID_PART:
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"Event id parts must be at most {MAX_EVENT_ID_PART}.",
+            title="Invalid event id",
+        )
     return f"{ms}-{seq}"
 
 

@@ -62,12 +62,15 @@ class EventFollower:
             if await self.infra.lease.get(active_key(session_id)) is None:
                 return
         outage_since: float | None = None
+        # The first look does not block: a client rejoining after `done` (an EventSource reconnects on its own)
+        # gets an empty stream at once instead of waiting out a blocking read.
+        block_ms: int | None = None
         while True:
             try:
-                entries = await self.infra.events.read_after(key, last, count=500, block_ms=self.ping_ms)
+                entries = await self.infra.events.read_after(key, last, count=500, block_ms=block_ms)
                 over = not entries and await self._run_is_over(session_id)
                 if over:
-                    # One last non-blocking look: `done` may have landed after the blocking read ended.
+                    # One last non-blocking look: `done` may have landed after the read ended.
                     entries = await self.infra.events.read_after(key, last, count=500)
             except Exception as exc:
                 # Valkey or Postgres unreachable for a moment: the run goes on (its writers retry), so the
@@ -86,7 +89,9 @@ class EventFollower:
             if not entries:
                 if over:
                     return
-                yield None
+                if block_ms is not None:
+                    yield None  # a blocking read's worth of silence: ping
+                block_ms = self.ping_ms
                 continue
             batch: list[SSEFrame] = []
             for entry in entries:

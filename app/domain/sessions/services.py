@@ -308,17 +308,18 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             )
         db = self.repository.session
         await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
-        if row.agent_session_id:
-            # The agent's own transcript goes too, unless a fork that has not run yet still needs it.
+        # The agent transcripts this session used go too: its own, and the one it was forked from (kept when its
+        # parent was deleted first, for this fork's first run) — each unless another session still needs it.
+        for agent_session_id in {row.agent_session_id, row.agent_fork_from} - {None}:
             still_needed = select(AgentSession.id).where(
                 or_(
-                    AgentSession.agent_session_id == row.agent_session_id,
-                    AgentSession.agent_fork_from == row.agent_session_id,
+                    AgentSession.agent_session_id == agent_session_id,
+                    AgentSession.agent_fork_from == agent_session_id,
                 )
             )
             await db.execute(
                 delete(AgentTranscriptEntry).where(
-                    AgentTranscriptEntry.session_id == row.agent_session_id, ~still_needed.exists()
+                    AgentTranscriptEntry.session_id == agent_session_id, ~still_needed.exists()
                 )
             )
         await db.commit()
