@@ -445,3 +445,27 @@ async def test_deleting_a_session_removes_its_agent_transcript(
                 assert (await db.execute(count)).scalar_one() == 0
         finally:
             await config.get_engine().dispose()
+
+
+async def test_an_unrun_fork_keeps_its_parents_transcript_until_it_is_deleted(
+    claude_a: Instance, claude_env: ClaudeEnv, servers: TestServers, api_key: str
+) -> None:
+    async with claude_a.client(api_key) as ca:
+        events, _ = await cli_run(claude_env, ca, "/api/v1/query", {"prompt": "root"})
+        parent = events[0].data["session_id"]
+        _, record = await cli_run(claude_env, ca, f"/api/v1/sessions/{parent}/resume", {"prompt": "again"})
+        parent_sdk = flag_value(record["argv"], "--resume")
+        fork = (await ca.post(f"/api/v1/sessions/{parent}/fork", json={})).json()["id"]
+        config = build_alchemy_config(make_settings(servers, "check"))
+        count = (
+            select(func.count()).select_from(AgentTranscriptEntry).where(AgentTranscriptEntry.session_id == parent_sdk)
+        )
+        try:
+            assert (await ca.delete(f"/api/v1/sessions/{parent}")).status_code == 204
+            async with config.get_session() as db:
+                assert (await db.execute(count)).scalar_one() > 0  # the fork's first run will need it
+            assert (await ca.delete(f"/api/v1/sessions/{fork}")).status_code == 204
+            async with config.get_session() as db:
+                assert (await db.execute(count)).scalar_one() == 0  # nothing needs it any more
+        finally:
+            await config.get_engine().dispose()
