@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -71,6 +72,15 @@ class TestServers:
         if self._valkey is not None:
             self._valkey.terminate()
             self._valkey = None
+
+    def pause_valkey(self) -> None:
+        """SIGSTOP: Valkey hangs (connections accepted by the kernel, no answers), unlike a refused connection."""
+        assert self._valkey is not None
+        os.kill(self._valkey._process.pid, signal.SIGSTOP)
+
+    def resume_valkey(self) -> None:
+        assert self._valkey is not None
+        os.kill(self._valkey._process.pid, signal.SIGCONT)
 
     # -- Postgres faults -------------------------------------------------------------------------------
     def stop_postgres(self) -> None:

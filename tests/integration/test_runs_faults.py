@@ -58,6 +58,36 @@ async def test_runs_answer_503_while_valkey_is_down_and_recover(
         await wait_for(run_works, timeout=15, interval=0.2, what="runs to work again after Valkey returned")
 
 
+async def test_a_hung_valkey_is_503_for_runs_not_a_hang(servers: TestServers, a: Instance, api_key: str) -> None:
+    """Valkey stopped with SIGSTOP accepts connections and never answers: every command is bounded (2 s), so
+    runs are refused with 503 like with a dead Valkey, and session reads are served from Postgres."""
+    async with a.client(api_key) as client:
+        sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
+        servers.pause_valkey()
+        try:
+            for method, path, body in (
+                ("POST", "/api/v1/query/single", {"prompt": "hi"}),
+                ("POST", f"/api/v1/sessions/{sid}/resume", {"prompt": "hi"}),
+                ("POST", f"/api/v1/sessions/{sid}/interrupt", None),
+            ):
+                started = time.perf_counter()
+                resp = await client.request(method, path, json=body)
+                elapsed = time.perf_counter() - started
+                assert resp.status_code == 503, (path, resp.status_code, resp.text)
+                assert resp.json()["code"] == "VALKEY_UNAVAILABLE" and int(resp.headers["retry-after"]) > 0
+                assert elapsed < 10, (path, elapsed)  # bounded, not "until Valkey comes back"
+            got = await client.get(f"/api/v1/sessions/{sid}")
+            assert got.status_code == 200 and got.json()["status"] == "idle"
+        finally:
+            servers.resume_valkey()
+
+        async def run_works() -> bool:
+            resp = await client.post("/api/v1/query/single", json={"prompt": "back", "session_id": sid})
+            return resp.status_code == 200 and resp.json()["result"] == "Echo: back"
+
+        await wait_for(run_works, timeout=15, interval=0.2, what="runs to work again after Valkey resumed")
+
+
 async def test_flush_mid_run_does_not_lose_the_run(
     servers: TestServers, instance_factory: InstanceFactory, api_key: str, valkey: Any
 ) -> None:

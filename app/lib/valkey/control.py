@@ -16,6 +16,7 @@ import msgspec
 from valkey.asyncio import Valkey
 
 from app.lib.valkey.errors import VALKEY_ERRORS
+from app.lib.valkey.timeouts import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -34,24 +35,29 @@ class ControlChannel:
         """Publishes `message`; with `marker` (key, value, ttl) also sets that key, in the same round trip."""
         payload = msgspec.json.encode(message)
         if marker is None:
-            receivers: int = await self._client.publish(self.channel, payload)
+            async with bounded():
+                receivers: int = await self._client.publish(self.channel, payload)
             return receivers
         key, value, ttl = marker
         pipe = self._client.pipeline(transaction=False)
         pipe.set(key, value, ex=ttl)
         pipe.publish(self.channel, payload)
-        _, receivers = await pipe.execute()
+        async with bounded():
+            _, receivers = await pipe.execute()
         return int(receivers)
 
     async def reply(self, reply_key: str, payload: dict[str, Any], ttl: int = 60) -> None:
         pipe = self._client.pipeline(transaction=True)
         pipe.lpush(reply_key, msgspec.json.encode(payload))
         pipe.expire(reply_key, ttl)
-        await pipe.execute()
+        async with bounded():
+            await pipe.execute()
 
     async def wait_reply(self, reply_key: str, timeout: float) -> dict[str, Any] | None:
         # BLPOP takes whole seconds (0 would mean "forever").
-        result = await self._blocking.blpop([reply_key], timeout=max(1, round(timeout)))  # type: ignore[misc]
+        wait = max(1, round(timeout))
+        async with bounded(extra=wait):
+            result = await self._blocking.blpop([reply_key], timeout=wait)  # type: ignore[misc]
         if result is None:
             return None
         decoded: dict[str, Any] = msgspec.json.decode(result[1])
@@ -107,8 +113,10 @@ class SignalMarker:
         self._client = client
 
     async def set(self, key: str, value: str, ttl: int) -> None:
-        await self._client.set(key, value, ex=ttl)
+        async with bounded():
+            await self._client.set(key, value, ex=ttl)
 
     async def get(self, key: str) -> str | None:
-        value = await self._client.get(key)
+        async with bounded():
+            value = await self._client.get(key)
         return value.decode() if isinstance(value, bytes) else value

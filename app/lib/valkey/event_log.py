@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from valkey.asyncio import Valkey
 
+from app.lib.valkey.timeouts import bounded
+
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
@@ -32,7 +34,8 @@ class EventLog:
         pipe = self._client.pipeline(transaction=True)
         pipe.xtrim(key, maxlen=0, approximate=False)
         pipe.persist(key)
-        await pipe.execute()
+        async with bounded():
+            await pipe.execute()
 
     async def append_many(self, key: str, entries: Sequence[dict[str, str | bytes]]) -> list[str]:
         """XADDs every entry in one round trip; returns their ids in order."""
@@ -41,24 +44,30 @@ class EventLog:
         pipe = self._client.pipeline(transaction=False)
         for fields in entries:
             pipe.xadd(key, fields)  # type: ignore[type-var]
-        ids = await pipe.execute()
+        async with bounded():
+            ids = await pipe.execute()
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def expire(self, key: str, seconds: int) -> None:
-        await self._client.expire(key, seconds)
+        async with bounded():
+            await self._client.expire(key, seconds)
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._client.exists(key))
+        async with bounded():
+            return bool(await self._client.exists(key))
 
     async def delete(self, *keys: str) -> None:
-        await self._client.delete(*keys)
+        async with bounded():
+            await self._client.delete(*keys)
 
     async def read_after(
         self, key: str, after: str, *, count: int = 1000, block_ms: int | None = None
     ) -> list[LogEntry]:
         """Entries with ids greater than `after` ("0-0" for all). With `block_ms`, waits up to that long."""
         client = self._blocking if block_ms is not None else self._client
-        reply = await client.xread({key: after}, count=count, block=block_ms)
+        # A blocking read may take `block_ms` by design; beyond that plus the command bound, Valkey is hung.
+        async with bounded(extra=(block_ms or 0) / 1000):
+            reply = await client.xread({key: after}, count=count, block=block_ms)
         if not reply:
             return []
         # RESP2 reply: [[stream, [(id, {field: value}), ...]]]
@@ -72,7 +81,8 @@ class EventLog:
         ]
 
     async def last_id(self, key: str) -> str | None:
-        items = await self._client.xrevrange(key, count=1)
+        async with bounded():
+            items = await self._client.xrevrange(key, count=1)
         if not items:
             return None
         eid = items[0][0]
@@ -80,4 +90,5 @@ class EventLog:
 
     async def ping(self) -> None:
         """Raises if Valkey is unreachable (callers that must not proceed without it check first)."""
-        await self._client.ping()
+        async with bounded():
+            await self._client.ping()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from valkey.asyncio import Valkey
 
 from app.lib.valkey.keys import global_key
+from app.lib.valkey.timeouts import bounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,8 @@ class FixedWindowRateLimiter:
         pipe = self._client.pipeline(transaction=True)
         pipe.incr(key)
         pipe.expire(key, self.window + 5)
-        count, _ = await pipe.execute()
+        async with bounded():
+            count, _ = await pipe.execute()
         reset_after = max(1, int(window_start + self.window - now + 0.999))
         return RateDecision(
             allowed=int(count) <= self.limit,
