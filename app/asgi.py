@@ -174,9 +174,8 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
 
 
 def build_rate_limiters(settings: Settings, valkey: ValkeyPlugin) -> dict[str, FixedWindowRateLimiter]:
-    default = settings.app.rate_limit_per_minute
-    runs = default if settings.app.rate_limit_runs_per_minute < 0 else settings.app.rate_limit_runs_per_minute
-    limits = {DEFAULT_GROUP: default, RUNS_GROUP: runs}
+    # Runs count against the default budget too; their own budget exists only when set (> 0).
+    limits = {DEFAULT_GROUP: settings.app.rate_limit_per_minute, RUNS_GROUP: settings.app.rate_limit_runs_per_minute}
     return {
         group: FixedWindowRateLimiter(valkey.clients.main, limit=limit) for group, limit in limits.items() if limit > 0
     }

@@ -88,7 +88,7 @@ class AppSettings:
     anthropic_api_key: str = field(default_factory=lambda: _env("ANTHROPIC_API_KEY", ""))
     instance_id: str = field(default_factory=lambda: _env("INSTANCE_ID", f"{socket.gethostname()}-{os.getpid()}"))
     rate_limit_per_minute: int = field(default_factory=lambda: _env_int("RATE_LIMIT_PER_MINUTE", 0))
-    rate_limit_runs_per_minute: int = field(default_factory=lambda: _env_int("RATE_LIMIT_RUNS_PER_MINUTE", -1))
+    rate_limit_runs_per_minute: int = field(default_factory=lambda: _env_int("RATE_LIMIT_RUNS_PER_MINUTE", 0))
     """Budget for starting runs (query, query/single, resume); -1 = the same number as RATE_LIMIT_PER_MINUTE."""
     data_dir: Path = field(default_factory=lambda: Path(_env("AGENT_API_DATA_DIR", ".data")))
     debug: bool = field(default_factory=lambda: _env_bool("LITESTAR_DEBUG", False))

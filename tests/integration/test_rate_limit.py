@@ -29,7 +29,7 @@ async def test_limit_is_shared_by_instances_and_per_key(
         assert (await ca.get("/health/live")).status_code == 200
 
 
-async def test_starting_runs_has_its_own_budget(
+async def test_starting_runs_has_a_tighter_budget_within_the_total(
     instance_factory: InstanceFactory, api_key: str, other_api_key: str
 ) -> None:
     a = await instance_factory("rl-runs-a", app__rate_limit_per_minute=50, app__rate_limit_runs_per_minute=2)
@@ -40,14 +40,35 @@ async def test_starting_runs_has_its_own_budget(
             await asyncio.sleep(int(probe.headers["ratelimit-reset"]) + 0.5)
         runs = [await c.post("/api/v1/query/single", json={"prompt": "hi"}) for c in (ca, cb, ca)]
         assert [r.status_code for r in runs] == [200, 200, 429]
-        assert runs[0].headers["ratelimit-limit"] == "2"
+        assert runs[0].headers["ratelimit-limit"] == "2"  # the binding budget is the runs one
         assert runs[0].headers["ratelimit-policy"] == "2;w=60"
         assert "runs" in runs[2].json()["detail"]
-        # The rest of the API keeps its own, larger budget, untouched by the runs.
+        # The three run requests counted against the key's total too.
         read = await cb.get("/api/v1/sessions")
         assert read.status_code == 200
         assert read.headers["x-ratelimit-limit"] == "50"
-        assert int(read.headers["x-ratelimit-remaining"]) == 49
+        assert int(read.headers["x-ratelimit-remaining"]) == 50 - 4
+
+
+async def test_without_a_runs_budget_runs_and_reads_share_one(
+    instance_factory: InstanceFactory, api_key: str, other_api_key: str
+) -> None:
+    """RATE_LIMIT_PER_MINUTE is requests per key per minute, all routes: starting runs is not extra budget."""
+    a = await instance_factory("rl-one-a", app__rate_limit_per_minute=4)
+    b = await instance_factory("rl-one-b", app__rate_limit_per_minute=4)
+    async with a.client(api_key) as ca, b.client(api_key) as cb, a.client(other_api_key) as other:
+        probe = await other.get("/api/v1/sessions")
+        if int(probe.headers["ratelimit-reset"]) < 5:
+            await asyncio.sleep(int(probe.headers["ratelimit-reset"]) + 0.5)
+        statuses = [
+            (await ca.get("/api/v1/sessions")).status_code,
+            (await cb.post("/api/v1/query/single", json={"prompt": "hi"})).status_code,
+            (await ca.get("/api/v1/sessions")).status_code,
+            (await cb.post("/api/v1/query/single", json={"prompt": "hi"})).status_code,
+            (await ca.post("/api/v1/query/single", json={"prompt": "hi"})).status_code,
+            (await cb.get("/api/v1/sessions")).status_code,
+        ]
+        assert statuses == [200, 200, 200, 200, 429, 429]
 
 
 async def test_runs_only_limit_leaves_other_routes_unlimited(instance_factory: InstanceFactory, api_key: str) -> None:

@@ -1,10 +1,11 @@
-"""Per-API-key rate limits across all instances, one budget per route group.
+"""Per-API-key rate limits across all instances.
 
-Route handlers name their group in `opt["rate_limit_group"]` (default `default`); starting a run is the
-`runs` group (`RATE_LIMIT_RUNS_PER_MINUTE`), everything else `default` (`RATE_LIMIT_PER_MINUTE`). A group
-without a limiter is not limited. Runs after authentication, so the subject is the key's id (never the
-key). If Valkey is unreachable the request is let through: limiting is protection, not correctness, and
-sessions must stay readable."""
+Every request of a key counts against its `default` budget (`RATE_LIMIT_PER_MINUTE`: requests per key per
+minute, all routes). Route handlers may name a further group in `opt["rate_limit_group"]`: starting a run is
+the `runs` group, which with `RATE_LIMIT_RUNS_PER_MINUTE` > 0 also has its own, tighter budget; such a request
+counts against both and is refused when either is spent. A budget without a limiter is not limited. Runs after
+authentication, so the subject is the key's id (never the key). If Valkey is unreachable the request is let
+through: limiting is protection, not correctness, and sessions must stay readable."""
 
 from __future__ import annotations
 
@@ -34,15 +35,19 @@ class RateLimitMiddleware(ASGIMiddleware):
         user = scope.get("user")
         handler = scope.get("route_handler")
         group = handler.opt.get(RATE_LIMIT_GROUP_OPT, DEFAULT_GROUP) if handler is not None else DEFAULT_GROUP
-        limiter = self.limiters.get(group)
-        if limiter is None or not isinstance(user, Principal):
+        budgets = [
+            (name, self.limiters[name]) for name in dict.fromkeys((DEFAULT_GROUP, group)) if name in self.limiters
+        ]
+        if not budgets or not isinstance(user, Principal):
             await next_app(scope, receive, send)
             return
         try:
-            decision = await limiter.hit(f"{group}:{user.key_id}")
+            decisions = [(name, limiter, await limiter.hit(f"{name}:{user.key_id}")) for name, limiter in budgets]
         except VALKEY_ERRORS:
             await next_app(scope, receive, send)
             return
+        # The binding budget: a spent one, else the one with the least left; the headers describe it.
+        group, limiter, decision = min(decisions, key=lambda d: (d[2].allowed, d[2].remaining))
         # Both the common X-RateLimit-* headers and the IETF draft's RateLimit-* names.
         headers = {
             "X-RateLimit-Limit": str(decision.limit),
