@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -13,6 +14,19 @@ def _command(argv: list[str]) -> str | None:
     return None
 
 
+def worker_kill_timeout() -> int:
+    """Seconds Granian waits for a stopping worker before killing it: the runs' shutdown grace
+    (`RUN_SHUTDOWN_GRACE`) plus time to interrupt them and end their streams (litestar-granian's default, 5 s,
+    would kill workers in the middle of draining)."""
+    from dotenv import load_dotenv
+
+    from app.config.settings import RunSettings
+
+    load_dotenv(override=False)
+    # Not `get_settings()`: it is cached, and the embedded servers' URLs are not in the environment yet.
+    return math.ceil(max(RunSettings().shutdown_grace, 0.0)) + 20
+
+
 def run_cli() -> None:
     os.environ.setdefault("LITESTAR_APP", "app.asgi:create_app")
     command = _command(sys.argv[1:])
@@ -21,6 +35,8 @@ def run_cli() -> None:
         from app.lib.logging import log_to_stderr
 
         log_to_stderr()
+    if command == "run":
+        os.environ.setdefault("GRANIAN_WORKERS_KILL_TIMEOUT", str(worker_kill_timeout()))
     if command in {"run", "database", "db", "keys"}:
         from app.cli.embedded import prepare_environment
 

@@ -40,7 +40,7 @@ from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
-from app.lib import docs, metrics, migrations, openapi, routing, tracing
+from app.lib import docs, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
@@ -99,6 +99,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             check_agent_settings=settings_check(backend),
         )
         self.run_manager = RunManager(settings, infra, self.alchemy, backend)
+        self.follower = EventFollower(infra, self.alchemy, settings.runs.ping_interval)
         self.reaper = RunReaper(settings, infra, self.alchemy)
         self.warmer = CacheWarmer(
             infra.cache,
@@ -116,10 +117,13 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
                 "session_infra": infra,
                 "session_reader": SessionReader(infra, self.alchemy),
                 "run_manager": self.run_manager,
-                "event_follower": EventFollower(infra, self.alchemy, settings.runs.ping_interval),
+                "event_follower": self.follower,
                 "run_reaper": self.reaper,
             }
         )
+        # Under Granian, SIGTERM drains first, while the server still serves (SPEC §6); elsewhere the lifespan
+        # shutdown does.
+        worker_signals.drain_before_worker_stop(self.drain)
         app_config.on_startup.insert(0, self.prepare_database)
         app_config.on_startup.append(self.start_background_work)
         # Before the Valkey clients close: finishing runs still need them.
@@ -132,9 +136,16 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         # In the background: readiness never waits for it.
         self.warmer.start()
 
+    async def drain(self) -> None:
+        """New runs get 503; running ones get their grace period, then are interrupted and end with `done`;
+        then streams following runs elsewhere end (clients rejoin another instance with Last-Event-ID)."""
+        await self.run_manager.drain()
+        self.follower.close()
+
     async def stop_background_work(self) -> None:
         await self.warmer.stop()
         await self.reaper.stop()
+        await self.drain()
         await self.run_manager.shutdown()
 
     async def prepare_database(self) -> None:

@@ -26,8 +26,10 @@ class GranianProcess:
 
     @classmethod
     def start(
-        cls, servers: TestServers, instance_id: str, log_dir: Path, workers: int = 1, **env: str
+        cls, servers: TestServers, instance_id: str, log_dir: Path, workers: int = 1, *, cli: bool = False, **env: str
     ) -> GranianProcess:
+        """`cli=True` starts it the way the Dockerfile does, `agent-api run` (litestar-granian supervising a
+        Granian child), instead of Granian directly."""
         port = free_port()
         log_path = log_dir / f"{instance_id}.log"
         environ = {
@@ -40,8 +42,10 @@ class GranianProcess:
             **env,
         }
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [
+            command = (
+                [sys.executable, "-m", "app", "run", "--host", "127.0.0.1", "--port", str(port), "--wc", str(workers)]
+                if cli
+                else [
                     sys.executable,
                     "-m",
                     "granian",
@@ -56,7 +60,10 @@ class GranianProcess:
                     "--workers",
                     str(workers),
                     "--no-ws",
-                ],
+                ]
+            )
+            proc = subprocess.Popen(
+                command,
                 cwd=ROOT,
                 env=environ,
                 stdout=log,
@@ -79,6 +86,11 @@ class GranianProcess:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"granian not ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def signal_main(self, sig: signal.Signals) -> None:
+        """Signals only the top process, as `docker stop` does (its children hear from it)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no shutdown hooks run, like a crashed host."""

@@ -91,8 +91,9 @@ class RunManager:
     async def start_listening(self) -> None:
         self.infra.control.start(self.on_control_message)
 
-    async def shutdown(self) -> None:
-        """Stop taking runs, let running ones finish for the grace period, then interrupt the rest."""
+    async def drain(self) -> None:
+        """Stop taking runs, let running ones finish for the grace period, then interrupt the rest and wait
+        for them to end (their streams get `done`, their leases are released). Safe to call again."""
         self.draining = True
         pending = [r.finished.wait() for r in self.runs.values()]
         if pending:
@@ -104,6 +105,9 @@ class RunManager:
         leftovers = [r.task for r in self.runs.values() if r.task is not None]
         if leftovers:
             await asyncio.wait(leftovers, timeout=15)
+
+    async def shutdown(self) -> None:
+        await self.drain()
         await self.infra.control.stop()
         await self.backend.aclose()
 

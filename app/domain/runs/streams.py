@@ -7,6 +7,7 @@ run's durable events are replayed from Postgres."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from app.domain.sessions.services import SessionInfra
 from app.lib import metrics
 from app.lib.problems import is_database_unavailable, is_valkey_unavailable
 from app.lib.sse import SSEFrame
-from app.lib.valkey.event_log import parse_entry_id
+from app.lib.valkey.event_log import LogEntry, parse_entry_id
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,34 @@ class EventFollower:
         self.infra = infra
         self.alchemy = alchemy
         self.ping_ms = max(1, int(ping_interval * 1000))
+        # Set when the instance shuts down: streams end where they are (no `done`: the run goes on elsewhere
+        # or has ended), and clients rejoin another instance with Last-Event-ID.
+        self.closing = asyncio.Event()
+
+    def close(self) -> None:
+        self.closing.set()
+
+    async def _read(self, key: str, last: str, block_ms: int | None) -> list[LogEntry] | None:
+        """The next entries after `last`. Once the follower is closing a read does not block: what is already
+        there is still delivered (a drained run's `done`), and None means "nothing more, end the stream"."""
+        if block_ms is None:
+            return await self.infra.events.read_after(key, last, count=500)
+        if self.closing.is_set():
+            return await self.infra.events.read_after(key, last, count=500) or None
+        read = asyncio.ensure_future(self.infra.events.read_after(key, last, count=500, block_ms=block_ms))
+        closed = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait((read, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Closing, or the client went away (this task is cancelled): the read must not outlive us.
+            closed.cancel()
+            if not read.done():
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await read
+        if read.cancelled():
+            return await self.infra.events.read_after(key, last, count=500) or None
+        return read.result()
 
     async def follow(
         self, session_id: UUID, after: str, *, run_id: UUID | None = None
@@ -67,7 +96,12 @@ class EventFollower:
         block_ms: int | None = None
         while True:
             try:
-                entries = await self.infra.events.read_after(key, last, count=500, block_ms=block_ms)
+                closing = self.closing.is_set()
+                read = await self._read(key, last, block_ms)
+                if read is None:
+                    return  # this instance is shutting down
+                entries = read
+                closing = closing or self.closing.is_set()
                 over = not entries and await self._run_is_over(session_id)
                 if over:
                     # One last non-blocking look: `done` may have landed after the read ended.
@@ -104,6 +138,8 @@ class EventFollower:
                     yield batch
                     return
             yield batch
+            if closing:
+                return  # shutting down: what was there is delivered; a run elsewhere goes on without us
 
     async def _run_is_over(self, session_id: UUID) -> bool:
         if await self.infra.lease.get(active_key(session_id)) is not None:
