@@ -103,6 +103,12 @@ async def test_create_with_empty_body_uses_defaults(a: Instance, api_key: str) -
         assert body["tags"] == []
         assert body["metadata"] == {}
         assert body["version"] == 1
+        # No body at all (every member is optional) and a JSON `null` mean the same, as for fork.
+        for content in (b"", b"null"):
+            resp = await c.post("/api/v1/sessions", content=content, headers={"Content-Type": "application/json"})
+            assert resp.status_code == 201, (content, resp.text)
+            assert resp.json()["title"] is None and resp.json()["tags"] == []
+        assert (await c.post("/api/v1/sessions")).status_code == 201
 
 
 async def test_get_returns_same_session_from_either_instance(a: Instance, b: Instance, api_key: str) -> None:

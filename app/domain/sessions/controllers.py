@@ -61,9 +61,14 @@ class SessionController(Controller):
 
     @post("/", status_code=201, summary="Create a session", responses=problem_responses(422))
     async def create_session(
-        self, request: AuthedRequest, session_service: NamedDependency[SessionService], data: JSONBody[SessionCreate]
+        self,
+        request: AuthedRequest,
+        session_service: NamedDependency[SessionService],
+        data: JSONBody[SessionCreate | None] = None,
     ) -> Response[Session]:
-        return with_etag(await session_service.create_session(request.user.key_id, data), 201)
+        # Every member is optional, so no body at all is an empty session, as `{}` is.
+        body = data if data is not None else SessionCreate()
+        return with_etag(await session_service.create_session(request.user.key_id, body), 201)
 
     @get("/", summary="List sessions, newest first", responses=problem_responses())
     async def list_sessions(
