@@ -197,6 +197,15 @@ async def test_list_filters_by_tag_and_status(a: Instance, api_key: str) -> None
         both = (await c.get(API, params={"status": "idle", "tag": "blue"})).json()
         assert [s["id"] for s in both["items"]] == [blue["id"]]
 
+        # Repeated parameters: any of the statuses, all of the tags.
+        any_status = (await c.get(API, params=[("status", "running"), ("status", "idle")])).json()
+        assert any_status["total"] == 3
+        all_tags = (await c.get(API, params=[("tag", "shared"), ("tag", "red")])).json()
+        assert [s["id"] for s in all_tags["items"]] == [red["id"]]
+        assert (await c.get(API, params=[("tag", "red"), ("tag", "blue")])).json()["total"] == 0
+        bad = await c.get(API, params=[("status", "idle"), ("status", "sleeping")])
+        assert bad.status_code == 400 and bad.json()["code"] == "VALIDATION_ERROR"
+
 
 async def test_list_only_shows_own_sessions(a: Instance, api_key: str, other_api_key: str) -> None:
     async with a.client(api_key) as mine, a.client(other_api_key) as theirs:

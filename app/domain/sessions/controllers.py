@@ -12,7 +12,7 @@ from app.domain.keys.auth import Principal
 from app.domain.sessions.dependencies import provide_session_reader, provide_session_service
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import (
-    NO_NUL,
+    MAX_TAGS,
     MessagePage,
     Session,
     SessionCreate,
@@ -20,6 +20,7 @@ from app.domain.sessions.schemas import (
     SessionPage,
     SessionStatus,
     SessionUpdate,
+    Tag,
 )
 from app.domain.sessions.services import SessionService
 from app.lib.logging import bind_session_from_path
@@ -75,13 +76,19 @@ class SessionController(Controller):
         self,
         request: AuthedRequest,
         session_service: NamedDependency[SessionService],
-        status: Annotated[SessionStatus | None, QueryParameter()] = None,
-        tag: Annotated[str | None, QueryParameter(min_length=1, max_length=64, pattern=NO_NUL)] = None,
+        status: Annotated[
+            list[SessionStatus] | None,
+            QueryParameter(max_items=5, description="Repeatable: sessions in any of these states."),
+        ] = None,
+        tag: Annotated[
+            list[Tag] | None,
+            QueryParameter(max_items=MAX_TAGS, description="Repeatable: sessions carrying all of these tags."),
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> SessionPage:
         return await session_service.list_sessions(
-            request.user.key_id, status=status, tag=tag, limit=limit, offset=offset
+            request.user.key_id, statuses=status or [], tags=tag or [], limit=limit, offset=offset
         )
 
     @get("/{session_id:uuid}", summary="Get a session (cache-aside)", responses=problem_responses(404))

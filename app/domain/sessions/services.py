@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -142,13 +142,14 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         return session
 
     async def list_sessions(
-        self, owner_key_id: UUID, *, status: str | None, tag: str | None, limit: int, offset: int
+        self, owner_key_id: UUID, *, statuses: Sequence[str], tags: Sequence[str], limit: int, offset: int
     ) -> SessionPage:
+        """Newest first; in any of `statuses` (all when empty), carrying every one of `tags`."""
         filters: list[Any] = [AgentSession.owner_key_id == owner_key_id]
-        if status is not None:
-            filters.append(AgentSession.status == status)
-        if tag is not None:
-            filters.append(AgentSession.tags.contains([tag]))
+        if statuses:
+            filters.append(AgentSession.status.in_(list(statuses)))
+        if tags:
+            filters.append(AgentSession.tags.contains(list(tags)))
         # Two queries, not a window count: a page past the end must still report the real total.
         rows, total = await self.get_many_and_count(
             *filters,
