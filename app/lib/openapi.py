@@ -1,8 +1,9 @@
-"""Makes the generated OpenAPI document as strict as the request validators.
+"""Makes the generated OpenAPI document say exactly what the request validators accept.
 
 Litestar's schema for a msgspec request body leaves out two rules msgspec enforces: a struct declared with
 `forbid_unknown_fields` refuses unknown members (so the schema says `additionalProperties: false`), and the
-constraints on a list's items (a tag's 1-64 characters, a tool rule's pattern) are dropped. Client generators
+constraints on a list's items (a tag's 1-64 characters, a tool rule's pattern) are dropped. And it marks every
+request body required, even an optional one (`data: Body | None = None`, where no body means None). Client generators
 and fuzzers read the document, so it should say what the server does. The rules are taken from msgspec's own
 JSON schema of each struct, so they cannot drift from what is enforced."""
 
@@ -13,7 +14,8 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar
-from litestar.openapi.spec import OpenAPI, Reference, Schema
+from litestar.openapi.spec import OpenAPI, Operation, Reference, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
 
 _ITEM_CONSTRAINTS = {"minLength": "min_length", "maxLength": "max_length", "pattern": "pattern"}
 
@@ -60,7 +62,26 @@ def tighten(openapi: OpenAPI, structs: Iterable[type[msgspec.Struct]]) -> OpenAP
     return openapi
 
 
+def _accepts_null(schema: Schema | Reference | None) -> bool:
+    if not isinstance(schema, Schema):
+        return False
+    return any(isinstance(arm, Schema) and arm.type == OpenAPIType.NULL for arm in schema.one_of or ())
+
+
+def mark_optional_bodies(openapi: OpenAPI) -> OpenAPI:
+    """A body that may be `null` may also be left out (Litestar passes None either way): not required."""
+    for path_item in (openapi.paths or {}).values():
+        for method in ("post", "put", "patch", "delete"):
+            operation: Operation | None = getattr(path_item, method, None)
+            body = operation.request_body if operation is not None else None
+            if isinstance(body, RequestBody) and all(
+                _accepts_null(media.schema) for media in (body.content or {}).values()
+            ):
+                body.required = False
+    return openapi
+
+
 def tighten_app_schema(app: Litestar, structs: Iterable[type[msgspec.Struct]]) -> None:
     """Builds the app's OpenAPI document now (Litestar caches it) and tightens it in place; call it once all
     routes are registered."""
-    tighten(app.openapi_schema, structs)
+    mark_optional_bodies(tighten(app.openapi_schema, structs))

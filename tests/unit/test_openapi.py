@@ -15,15 +15,34 @@ from app.config.settings import AppSettings, DatabaseSettings, Settings, ValkeyS
 
 
 @pytest.fixture(scope="module")
-def components() -> dict[str, Any]:
+def document() -> dict[str, Any]:
     settings = Settings(
         app=dataclasses.replace(AppSettings(), instance_id="openapi", api_key=""),
         db=dataclasses.replace(DatabaseSettings(), url="postgresql://x@127.0.0.1:1/x", migrate_on_startup=False),
         valkey=dataclasses.replace(ValkeySettings(), url="redis://127.0.0.1:1/0"),
     )
-    document: dict[str, Any] = json.loads(encode_json(create_app(settings).openapi_schema.to_schema()))
+    served: dict[str, Any] = json.loads(encode_json(create_app(settings).openapi_schema.to_schema()))
+    return served
+
+
+@pytest.fixture(scope="module")
+def components(document: dict[str, Any]) -> dict[str, Any]:
     schemas: dict[str, Any] = document["components"]["schemas"]
     return schemas
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "required"),
+    [
+        ("/api/v1/sessions", "post", False),  # every member optional: no body is a default session
+        ("/api/v1/sessions/{session_id}/fork", "post", False),
+        ("/api/v1/sessions/{session_id}", "patch", True),
+        ("/api/v1/query", "post", True),
+        ("/api/v1/sessions/{session_id}/answer", "post", True),
+    ],
+)
+def test_only_optional_bodies_are_optional(document: dict[str, Any], path: str, method: str, required: bool) -> None:
+    assert document["paths"][path][method]["requestBody"]["required"] is required
 
 
 @pytest.mark.parametrize("struct", REQUEST_BODIES, ids=lambda s: s.__name__)
