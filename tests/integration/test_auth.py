@@ -167,7 +167,8 @@ async def test_revoked_key_is_refused_on_every_instance(
 async def test_bootstrap_api_key_setting_authenticates(
     servers: TestServers, instance_factory: InstanceFactory, valkey: Valkey
 ) -> None:
-    key = "boot-" + secrets.token_urlsafe(24)
+    # Short on purpose: a stored 12-character "prefix" would be all of it.
+    key = "bt-" + secrets.token_urlsafe(6)
     inst: Instance = await instance_factory("boot", app__api_key=key)
     async with inst.client(key) as c, inst.client() as anon:
         created = await c.post(API, json={"title": "bootstrapped"})
@@ -177,9 +178,9 @@ async def test_bootstrap_api_key_setting_authenticates(
         assert bearer.status_code == 200
         assert_unauthorized(await anon.get(API, headers={"X-API-Key": key[:-1]}))
 
-    rows = await fetch_all(servers, "SELECT key_hash, prefix FROM api_key WHERE name = 'bootstrap'")
+    rows = await fetch_all(servers, "SELECT key_hash, fingerprint FROM api_key WHERE name = 'bootstrap'")
     assert len(rows) == 1
-    assert rows[0][0] == hash_key(key)
+    assert rows[0][0] == hash_key(key) and rows[0][1] == hash_key(key)[:12]
     # Only the hash is stored: the plaintext appears in no column of any key row.
     assert not await fetch_all(servers, "SELECT id FROM api_key WHERE key_hash = :k OR name = :k", k=key)
     assert not await fetch_all(

@@ -73,6 +73,7 @@ async def test_keys_create_list_revoke(servers: TestServers, instance_factory: I
     rows = await key_rows_as_text(servers)
     assert any(hash_key(key) in r for r in rows)
     assert not any(key in r for r in rows)
+    assert not any(key[4:12] in r for r in rows)  # nor any stretch of its secret part
 
     inst: Instance = await instance_factory("cli", app__auth_cache_ttl=0.2)
     async with inst.client(key) as c:
@@ -89,7 +90,8 @@ async def test_keys_create_list_revoke(servers: TestServers, instance_factory: I
         assert key not in listed.stdout
         assert key not in listed.stderr
         row = next(line for line in listed.stdout.splitlines() if line.split() and line.split()[0] == name)
-        assert key[:12] in row  # the non-secret prefix identifies it
+        assert hash_key(key)[:12] in row  # the fingerprint (of the hash) identifies it
+        assert key[4:12] not in row  # and no part of the key's secret is shown
         assert row.split()[-1] == "-"  # not revoked
 
         assert duplicate.code != 0

@@ -15,5 +15,7 @@ class ApiKey(UUIDv7AuditBase):
 
     name: Mapped[str] = mapped_column(String(100), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    prefix: Mapped[str] = mapped_column(String(12))
+    fingerprint: Mapped[str] = mapped_column(String(12))
+    """The first 12 hex digits of `key_hash`, to tell keys apart in `keys list`; no part of the key itself (a
+    short bootstrap `API_KEY` would otherwise be stored whole)."""
     revoked_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None, nullable=True)

@@ -62,18 +62,18 @@ def create_key(app: Litestar, name: str) -> None:
     click.echo(plaintext)
 
 
-@click.command(name="list", help="List keys (name, prefix, created, revoked).")
+@click.command(name="list", help="List keys (name, fingerprint, created, revoked).")
 def list_keys(app: Litestar) -> None:
     async def work(service: ApiKeyService) -> list[tuple[str, str, str, str]]:
         rows = await service.list()
         return [
-            (r.name, r.prefix, r.created_at.isoformat(), r.revoked_at.isoformat() if r.revoked_at else "-")
+            (r.name, r.fingerprint, r.created_at.isoformat(), r.revoked_at.isoformat() if r.revoked_at else "-")
             for r in sorted(rows, key=lambda r: r.created_at)
         ]
 
     click.echo(f"{'NAME':<24} {'PREFIX':<14} {'CREATED':<34} REVOKED")
-    for name, prefix, created, revoked in _run(app, work):
-        click.echo(f"{name:<24} {prefix:<14} {created:<34} {revoked}")
+    for name, fingerprint, created, revoked in _run(app, work):
+        click.echo(f"{name:<24} {fingerprint:<14} {created:<34} {revoked}")
 
 
 @click.command(name="revoke", help="Revoke a key by name; every instance refuses it within 60 s.")

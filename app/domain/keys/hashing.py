@@ -14,3 +14,8 @@ def generate_key() -> str:
 def hash_key(key: str) -> str:
     """SHA-256 hex digest; the only form in which a key is stored or cached."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def fingerprint(key_hash: str) -> str:
+    """What `keys list` shows of a key: `printf %s "$KEY" | sha256sum | cut -c1-12` gives the same."""
+    return key_hash[:12]

@@ -7,7 +7,7 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import select
 
 from app.db.models import ApiKey
-from app.domain.keys.hashing import generate_key, hash_key
+from app.domain.keys.hashing import fingerprint, generate_key, hash_key
 
 BOOTSTRAP_KEY_NAME = "bootstrap"
 
@@ -21,9 +21,8 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
     async def create_key(self, name: str) -> tuple[ApiKey, str]:
         """Returns the new row and the plaintext key, which is shown once and never stored."""
         plaintext = generate_key()
-        row = await self.create(
-            ApiKey(name=name, key_hash=hash_key(plaintext), prefix=plaintext[:12]), auto_commit=True
-        )
+        digest = hash_key(plaintext)
+        row = await self.create(ApiKey(name=name, key_hash=digest, fingerprint=fingerprint(digest)), auto_commit=True)
         return row, plaintext
 
     async def find_active_by_hash(self, key_hash: str) -> ApiKey | None:
@@ -45,9 +44,9 @@ class ApiKeyService(SQLAlchemyAsyncRepositoryService[ApiKey]):
         row = await self.get_one_or_none(name=BOOTSTRAP_KEY_NAME)
         if row is None:
             row = await self.create(
-                ApiKey(name=BOOTSTRAP_KEY_NAME, key_hash=key_hash, prefix=plaintext[:12]), auto_commit=True
+                ApiKey(name=BOOTSTRAP_KEY_NAME, key_hash=key_hash, fingerprint=fingerprint(key_hash)), auto_commit=True
             )
         elif row.key_hash != key_hash or row.revoked_at is not None:
-            row.key_hash, row.prefix, row.revoked_at = key_hash, plaintext[:12], None
+            row.key_hash, row.fingerprint, row.revoked_at = key_hash, fingerprint(key_hash), None
             await self.repository.session.commit()
         return row
