@@ -220,12 +220,16 @@ def build_structlog_plugin(*, level: str, fmt: str, instance_id: str) -> Structl
 # -- access lines --------------------------------------------------------------------------------------
 
 
+# Access lines are written at most this long after their request (one write per batch, not per line).
+FLUSH_DELAY = 0.02
+
+
 class JsonAccessLog:
     """Writes JSON access lines without the standard library's logging machinery.
 
     One line per request is the hottest log path there is: through `logging` and the structlog formatter it cost
     about 65 µs (a LogRecord, six processors, a flush per line), a quarter of a cache-hit read. Here it is one
-    dict, one msgspec encode, and one write and flush per event-loop turn for all lines of that turn. The line
+    dict, one msgspec encode, and one write and flush for all lines of the next `FLUSH_DELAY` (20 ms). The line
     has the same shape as every other line (see the module docstring); the level check still follows the
     `app.access` logger, so `LOG_LEVEL` works as before."""
 
@@ -243,7 +247,7 @@ class JsonAccessLog:
         self._pending.append(self._encoder.encode(line))
         if not self._flush_scheduled:
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
                 self._flush_scheduled = True
             except RuntimeError:  # no loop (not expected in a request): write now
                 self.flush()
@@ -319,9 +323,12 @@ class RequestContextMiddleware:
 
 def install(app: Any, *, instance_id: str, access_log: bool, fmt: str = "json") -> None:
     """Puts `RequestContextMiddleware` around a Litestar app's ASGI handler (outside its exception handling)."""
-    app.asgi_handler = RequestContextMiddleware(
+    middleware = RequestContextMiddleware(
         app.asgi_handler, instance_id=instance_id, access_log=access_log, json_lines=fmt.lower() != "console"
     )
+    app.asgi_handler = middleware
+    if middleware.json_access_log is not None:
+        app.on_shutdown.append(middleware.json_access_log.flush)  # the last lines of a stopping instance
 
 
 async def bind_session_from_path(request: Request[Any, Any, Any]) -> None:

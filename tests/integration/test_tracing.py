@@ -10,6 +10,7 @@ import pytest
 
 from app.lib import tracing
 from tests.conftest import Instance, InstanceFactory
+from tests.helpers import wait_for
 
 pytest.importorskip("opentelemetry.sdk", reason="the `otel` extra is not installed")
 
@@ -58,8 +59,14 @@ async def test_a_request_makes_a_server_span_named_by_its_route(
     assert all(s.kind == SpanKind.SERVER for s in exporter.get_finished_spans())
 
     # The access line of the traced GET names its span: logs and traces join up.
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-    line: dict[str, Any] = next(x for x in lines if x.get("request_id") == "traced-get" and x["event"] == "request")
+    lines: list[dict[str, Any]] = []
+
+    async def access_line_written() -> bool:  # access lines are written in batches (app.lib.logging)
+        lines.extend(json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{"))
+        return any(x.get("request_id") == "traced-get" and x["event"] == "request" for x in lines)
+
+    await wait_for(access_line_written, timeout=5, what="the access line of the traced GET")
+    line = next(x for x in lines if x.get("request_id") == "traced-get" and x["event"] == "request")
     span_ids = {format(s.context.span_id, "016x"): format(s.context.trace_id, "032x") for s in get if s.context}
     assert line["span_id"] in span_ids and line["trace_id"] == span_ids[line["span_id"]], (line, span_ids)
 
