@@ -145,8 +145,8 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
     async def stop_background_work(self) -> None:
         await self.warmer.stop()
         await self.reaper.stop()
-        await self.drain()
-        await self.run_manager.shutdown()
+        await self.drain()  # at once if SIGTERM already drained (app.lib.worker_signals)
+        await self.run_manager.close()
 
     async def prepare_database(self) -> None:
         if self.settings.db.migrate_on_startup:

@@ -106,8 +106,8 @@ class RunManager:
         if leftovers:
             await asyncio.wait(leftovers, timeout=15)
 
-    async def shutdown(self) -> None:
-        await self.drain()
+    async def close(self) -> None:
+        """After `drain`: stop listening for control messages and close the backend."""
         await self.infra.control.stop()
         await self.backend.aclose()
 
