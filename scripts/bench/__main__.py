@@ -57,6 +57,20 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
+def latency_row(
+    name: str,
+    values: list[float],
+    baseline_name: str,
+    baseline: list[float],
+    *,
+    q: float = 0.5,
+    baseline_q: float = 0.5,
+    note: str = "",
+) -> Row:
+    """A table row of two latency samples (seconds) compared at their quantiles, in milliseconds."""
+    return Row(name, pct(values, q) * 1000, "ms", baseline_name, pct(baseline, baseline_q) * 1000, note)
+
+
 def ms(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
@@ -308,27 +322,9 @@ async def run(args: argparse.Namespace) -> int:
                 figures[name] = ms(values)
                 dists[name] = values
             rows += [
-                Row(
-                    "cache-hit GET /sessions/{id} p50",
-                    pct(lat_hit, 0.5) * 1000,
-                    "ms",
-                    "raw Valkey GET p50",
-                    pct(raw_get, 0.5) * 1000,
-                ),
-                Row(
-                    "cache-miss GET /sessions/{id} p50",
-                    pct(lat_miss, 0.5) * 1000,
-                    "ms",
-                    "raw asyncpg SELECT p50",
-                    pct(raw_select, 0.5) * 1000,
-                ),
-                Row(
-                    "POST /sessions p50",
-                    pct(lat_create, 0.5) * 1000,
-                    "ms",
-                    "raw INSERT + SET p50",
-                    pct(raw_create, 0.5) * 1000,
-                ),
+                latency_row("cache-hit GET /sessions/{id} p50", lat_hit, "raw Valkey GET p50", raw_get),
+                latency_row("cache-miss GET /sessions/{id} p50", lat_miss, "raw asyncpg SELECT p50", raw_select),
+                latency_row("POST /sessions p50", lat_create, "raw INSERT + SET p50", raw_create),
             ]
 
             # -- contention: 100 concurrent PATCHes of one session across both instances -----------------------
@@ -342,13 +338,13 @@ async def run(args: argparse.Namespace) -> int:
             }
             dists["100 concurrent PATCHes"] = contended
             rows.append(
-                Row(
+                latency_row(
                     "100 concurrent PATCH p99 wait",
-                    pct(contended, 0.99) * 1000,
-                    "ms",
+                    contended,
                     "uncontended PATCH p50",
-                    pct(lat_patch, 0.5) * 1000,
-                    f"lost updates: {lost}; statuses {statuses}",
+                    lat_patch,
+                    q=0.99,
+                    note=f"lost updates: {lost}; statuses {statuses}",
                 )
             )
 
@@ -362,19 +358,9 @@ async def run(args: argparse.Namespace) -> int:
             dists["interrupt B -> done on A"] = interrupts
             dists["raw PUBLISH -> receive"] = rtt
             rows += [
-                Row(
-                    "interrupt B -> done on A p50",
-                    pct(interrupts, 0.5) * 1000,
-                    "ms",
-                    "PUBLISH -> receive p50",
-                    pct(rtt, 0.5) * 1000,
-                ),
-                Row(
-                    "interrupt B -> done on A p99",
-                    pct(interrupts, 0.99) * 1000,
-                    "ms",
-                    "PUBLISH -> receive p99",
-                    pct(rtt, 0.99) * 1000,
+                latency_row("interrupt B -> done on A p50", interrupts, "PUBLISH -> receive p50", rtt),
+                latency_row(
+                    "interrupt B -> done on A p99", interrupts, "PUBLISH -> receive p99", rtt, q=0.99, baseline_q=0.99
                 ),
             ]
 
@@ -402,15 +388,7 @@ async def run(args: argparse.Namespace) -> int:
             figures["raw_xrange"] = ms(raw_xrange)
             dists["rejoin on B -> first event"] = rejoins
             dists["raw XRANGE"] = raw_xrange
-            rows.append(
-                Row(
-                    "rejoin (Last-Event-ID) -> first event p50",
-                    pct(rejoins, 0.5) * 1000,
-                    "ms",
-                    "raw XRANGE p50",
-                    pct(raw_xrange, 0.5) * 1000,
-                )
-            )
+            rows.append(latency_row("rejoin (Last-Event-ID) -> first event p50", rejoins, "raw XRANGE p50", raw_xrange))
             for proc in (proc_a, proc_b):
                 if proc.proc.poll() is not None:
                     raise RuntimeError(f"{proc.instance_id} exited during the run")
