@@ -66,6 +66,18 @@ def flag_value(argv: list[str], name: str) -> str | None:
     return None
 
 
+async def transcript_rows(servers: TestServers, sdk_session: str | None) -> int:
+    """How many agent transcript entries Postgres holds for one SDK session."""
+    config = build_alchemy_config(make_settings(servers, "check"))
+    count = select(func.count()).select_from(AgentTranscriptEntry).where(AgentTranscriptEntry.session_id == sdk_session)
+    try:
+        async with config.get_session() as db:
+            rows: int = (await db.execute(count)).scalar_one()
+            return rows
+    finally:
+        await config.get_engine().dispose()
+
+
 async def test_prompt_round_trip(claude_a: Instance, claude_b: Instance, claude_env: ClaudeEnv, api_key: str) -> None:
     async with claude_a.client(api_key) as ca, claude_b.client(api_key) as cb:
         events, record = await cli_run(claude_env, ca, "/api/v1/query", {"prompt": "hello there"})
@@ -433,18 +445,9 @@ async def test_deleting_a_session_removes_its_agent_transcript(
         sid = events[0].data["session_id"]
         _, record = await cli_run(claude_env, ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "again"})
         sdk_session = flag_value(record["argv"], "--resume")
-        config = build_alchemy_config(make_settings(servers, "check"))
-        count = (
-            select(func.count()).select_from(AgentTranscriptEntry).where(AgentTranscriptEntry.session_id == sdk_session)
-        )
-        try:
-            async with config.get_session() as db:
-                assert (await db.execute(count)).scalar_one() > 0
-            assert (await ca.delete(f"/api/v1/sessions/{sid}")).status_code == 204
-            async with config.get_session() as db:
-                assert (await db.execute(count)).scalar_one() == 0
-        finally:
-            await config.get_engine().dispose()
+        assert await transcript_rows(servers, sdk_session) > 0
+        assert (await ca.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+        assert await transcript_rows(servers, sdk_session) == 0
 
 
 async def test_an_unrun_fork_keeps_its_parents_transcript_until_it_is_deleted(
@@ -456,16 +459,7 @@ async def test_an_unrun_fork_keeps_its_parents_transcript_until_it_is_deleted(
         _, record = await cli_run(claude_env, ca, f"/api/v1/sessions/{parent}/resume", {"prompt": "again"})
         parent_sdk = flag_value(record["argv"], "--resume")
         fork = (await ca.post(f"/api/v1/sessions/{parent}/fork", json={})).json()["id"]
-        config = build_alchemy_config(make_settings(servers, "check"))
-        count = (
-            select(func.count()).select_from(AgentTranscriptEntry).where(AgentTranscriptEntry.session_id == parent_sdk)
-        )
-        try:
-            assert (await ca.delete(f"/api/v1/sessions/{parent}")).status_code == 204
-            async with config.get_session() as db:
-                assert (await db.execute(count)).scalar_one() > 0  # the fork's first run will need it
-            assert (await ca.delete(f"/api/v1/sessions/{fork}")).status_code == 204
-            async with config.get_session() as db:
-                assert (await db.execute(count)).scalar_one() == 0  # nothing needs it any more
-        finally:
-            await config.get_engine().dispose()
+        assert (await ca.delete(f"/api/v1/sessions/{parent}")).status_code == 204
+        assert await transcript_rows(servers, parent_sdk) > 0  # the fork's first run will need it
+        assert (await ca.delete(f"/api/v1/sessions/{fork}")).status_code == 204
+        assert await transcript_rows(servers, parent_sdk) == 0  # nothing needs it any more

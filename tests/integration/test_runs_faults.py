@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Instance, InstanceFactory
@@ -14,6 +15,14 @@ from tests.helpers import collect_sse, iter_sse, wait_for
 from tests.servers import TestServers
 
 pytestmark = pytest.mark.faults
+
+
+async def runs_work_again(client: httpx.AsyncClient, sid: str) -> None:
+    async def run_works() -> bool:
+        resp = await client.post("/api/v1/query/single", json={"prompt": "back", "session_id": sid})
+        return resp.status_code == 200 and resp.json()["result"] == "Echo: back"
+
+    await wait_for(run_works, timeout=15, interval=0.2, what="runs to work again after Valkey returned")
 
 
 @pytest.fixture(autouse=True)
@@ -51,11 +60,7 @@ async def test_runs_answer_503_while_valkey_is_down_and_recover(
         finally:
             servers.start_valkey()
 
-        async def run_works() -> bool:
-            resp = await client.post("/api/v1/query/single", json={"prompt": "back", "session_id": sid})
-            return resp.status_code == 200 and resp.json()["result"] == "Echo: back"
-
-        await wait_for(run_works, timeout=15, interval=0.2, what="runs to work again after Valkey returned")
+        await runs_work_again(client, sid)
 
 
 async def test_a_hung_valkey_is_503_for_runs_not_a_hang(servers: TestServers, a: Instance, api_key: str) -> None:
@@ -81,11 +86,7 @@ async def test_a_hung_valkey_is_503_for_runs_not_a_hang(servers: TestServers, a:
         finally:
             servers.resume_valkey()
 
-        async def run_works() -> bool:
-            resp = await client.post("/api/v1/query/single", json={"prompt": "back", "session_id": sid})
-            return resp.status_code == 200 and resp.json()["result"] == "Echo: back"
-
-        await wait_for(run_works, timeout=15, interval=0.2, what="runs to work again after Valkey resumed")
+        await runs_work_again(client, sid)
 
 
 async def test_flush_mid_run_does_not_lose_the_run(
