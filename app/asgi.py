@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,18 @@ from litestar_granian import GranianPlugin
 
 from app.config.settings import Settings, get_settings
 from app.domain.health.controllers import HealthController
+from app.domain.idempotency.middleware import IdempotencyMiddleware
+from app.domain.idempotency.store import IdempotencyStore
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
 from app.domain.runs.backend import build_backend, settings_check
-from app.domain.runs.controllers import RunController
+from app.domain.runs.controllers import RunController, RunResourceController
 from app.domain.runs.manager import RunManager
 from app.domain.runs.reaper import RunReaper
-from app.domain.runs.schemas import AnswerRequest, QueryRequest, ResumeRequest
+from app.domain.runs.schemas import AnswerRequest, QueryRequest, RunRequest
+from app.domain.runs.services import RunService
+from app.domain.runs.store import RunStore
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
@@ -49,16 +54,18 @@ from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock
 from app.lib.valkey.plugin import ValkeyPlugin, ValkeyPluginConfig
+from app.lib.valkey.presence import InstancePresence
 from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 from app.lib.valkey.versioned_cache import VersionedCache
 
 # Request bodies whose OpenAPI schema is made as strict as their validators (see app.lib.openapi).
-REQUEST_BODIES = (SessionCreate, SessionUpdate, SessionFork, QueryRequest, ResumeRequest, AnswerRequest)
+REQUEST_BODIES = (SessionCreate, SessionUpdate, SessionFork, QueryRequest, RunRequest, AnswerRequest)
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MAX_BODY_BYTES = 1024 * 1024
+IDEMPOTENCY_PURGE_INTERVAL = 600.0
 PUBLIC_PATHS = ["^/health/", "^/docs", "^/metrics", "^/schema"]
 
 
@@ -98,9 +105,27 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             markers=SignalMarker(clients.main),
             check_agent_settings=settings_check(backend),
         )
-        self.run_manager = RunManager(settings, infra, self.alchemy, backend)
-        self.follower = EventFollower(infra, self.alchemy, settings.runs.ping_interval)
-        self.reaper = RunReaper(settings, infra, self.alchemy)
+        store = RunStore(self.alchemy, infra.cache)
+        self.run_manager = RunManager(
+            settings,
+            store=store,
+            lease=infra.lease,
+            events=infra.events,
+            channel=infra.control,
+            markers=infra.markers,
+            backend=backend,
+        )
+        self.follower = EventFollower(infra.events, store, self.alchemy, settings.runs.ping_interval)
+        self.presence = InstancePresence(
+            clients.main,
+            settings.app.instance_id,
+            ttl=settings.runs.presence_ttl,
+            interval=settings.runs.presence_interval,
+        )
+        self.reaper = RunReaper(settings, self.run_manager, store, self.presence)
+        reader = SessionReader(infra, self.alchemy)
+        self.idempotency = IdempotencyStore(self.alchemy)
+        self._purge: asyncio.Task[None] | None = None
         self.warmer = CacheWarmer(
             infra.cache,
             self.alchemy,
@@ -115,8 +140,10 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
                 "alchemy_config": self.alchemy,
                 "authenticator": ApiKeyAuthenticator(self.alchemy, settings.app.auth_cache_ttl),
                 "session_infra": infra,
-                "session_reader": SessionReader(infra, self.alchemy),
+                "session_reader": reader,
                 "run_manager": self.run_manager,
+                "run_service": RunService(reader, self.run_manager, store, self.follower),
+                "idempotency_store": self.idempotency,
                 "event_follower": self.follower,
                 "run_reaper": self.reaper,
             }
@@ -132,7 +159,9 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
 
     async def start_background_work(self) -> None:
         await self.run_manager.start_listening()
+        self.presence.start()
         self.reaper.start()
+        self._purge = asyncio.create_task(self._purge_expired_idempotency_keys(), name="idempotency-purge")
         # In the background: readiness never waits for it.
         self.warmer.start()
 
@@ -142,11 +171,23 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         await self.run_manager.drain()
         self.follower.close()
 
+    async def _purge_expired_idempotency_keys(self) -> None:
+        while True:
+            await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL)
+            try:
+                await self.idempotency.purge_expired()
+            except Exception:
+                logger.debug("idempotency purge failed", exc_info=True)
+
     async def stop_background_work(self) -> None:
+        if self._purge is not None:
+            self._purge.cancel()
         await self.warmer.stop()
         await self.reaper.stop()
         await self.drain()  # at once if SIGTERM already drained (app.lib.worker_signals)
         await self.run_manager.close()
+        # Last: until here this instance's runs were its own; now the others may take over at once.
+        await self.presence.stop()
 
     async def prepare_database(self) -> None:
         if self.settings.db.migrate_on_startup:
@@ -212,6 +253,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if limiters:
         # Inside authentication: the subject is the key's id.
         middleware.append(RateLimitMiddleware(limiters))
+    # Inside the rate limiter: a refused request claims no Idempotency-Key.
+    middleware.append(IdempotencyMiddleware())
     otel = tracing.build_otel_plugin(
         enabled=settings.app.otel_enabled, endpoint=settings.app.otel_endpoint, instance_id=settings.app.instance_id
     )
@@ -222,6 +265,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             SessionController,
             RunController,
+            RunResourceController,
             MetricsController,
             docs.swagger_assets_router(),
         ],

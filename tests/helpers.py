@@ -106,6 +106,7 @@ SESSION_FIELDS = frozenset(
         "updated_at",
         "last_run_at",
         "active_run",
+        "queued_runs",
     }
 )
 

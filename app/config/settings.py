@@ -73,7 +73,11 @@ class SessionSettings:
 class RunSettings:
     lease_ttl_ms: int = field(default_factory=lambda: _env_int("RUN_LEASE_TTL_MS", 30000))
     lease_renew_interval: float = field(default_factory=lambda: _env_float("RUN_LEASE_RENEW_INTERVAL", 10.0))
-    reaper_interval: float = field(default_factory=lambda: _env_float("RUN_REAPER_INTERVAL", 5.0))
+    reaper_interval: float = field(default_factory=lambda: _env_float("RUN_REAPER_INTERVAL", 1.0))
+    presence_ttl: float = field(default_factory=lambda: _env_float("INSTANCE_PRESENCE_TTL", 4.0))
+    """Seconds an instance's presence key lives without renewal: a SIGKILLed instance's runs are declared lost
+    within about this + 2 x INSTANCE_PRESENCE_INTERVAL + 1 + RUN_REAPER_INTERVAL seconds."""
+    presence_interval: float = field(default_factory=lambda: _env_float("INSTANCE_PRESENCE_INTERVAL", 1.0))
     events_ttl: int = field(default_factory=lambda: _env_int("RUN_EVENTS_TTL", 3600))
     interrupt_ttl: int = field(default_factory=lambda: _env_int("RUN_INTERRUPT_TTL", 300))
     ping_interval: float = field(default_factory=lambda: _env_float("SSE_PING_INTERVAL", 15.0))

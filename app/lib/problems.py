@@ -109,6 +109,8 @@ _DB_DOWN = (
     sa_exc.DisconnectionError,
     sa_exc.InterfaceError,
     sa_exc.OperationalError,
+    # The connection pool is exhausted (every connection checked out past `pool_timeout`): busy, not broken.
+    sa_exc.TimeoutError,
     ConnectionError,
     asyncio.TimeoutError,
 )

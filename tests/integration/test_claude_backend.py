@@ -42,7 +42,14 @@ def names(events: list[Any]) -> list[str]:
 
 
 def texts(events: list[Any]) -> list[str]:
-    return [b["text"] for e in events if e.event == "message" for b in e.data["content"] if b["type"] == "text"]
+    """The agent's side (the user's turns are `message` events too)."""
+    return [
+        b["text"]
+        for e in events
+        if e.event == "message" and e.data["role"] != "user"
+        for b in e.data["content"]
+        if b["type"] == "text"
+    ]
 
 
 async def cli_run(
@@ -81,8 +88,9 @@ async def transcript_rows(servers: TestServers, sdk_session: str | None) -> int:
 async def test_prompt_round_trip(claude_a: Instance, claude_b: Instance, claude_env: ClaudeEnv, api_key: str) -> None:
     async with claude_a.client(api_key) as ca, claude_b.client(api_key) as cb:
         events, record = await cli_run(claude_env, ca, "/api/v1/query", {"prompt": "hello there"})
-        assert names(events) == ["init", "message", "result", "done"]
-        init, message, result = events[0].data, events[1].data, events[2].data
+        assert names(events) == ["init", "message", "message", "result", "done"]
+        init, message, result = events[0].data, events[2].data, events[3].data
+        assert events[1].data["role"] == "user"
         assert init["model"] == "claude-fake-1" and init["permission_mode"] == "default"
         assert init["tools"] == ["AskUserQuestion", "Bash", "Read", "Write"]
         assert "agent_session_id" not in init and "cwd" not in init["agent"]
@@ -131,9 +139,9 @@ async def test_request_options_reach_the_cli(claude_a: Instance, claude_env: Cla
         assert "--include-partial-messages" not in argv
         result = next(e.data for e in events if e.event == "result")
         assert result["structured_output"] == {"answer": "json", "n": 42}
-        tool_use = events[1].data["content"][0]
+        tool_use = events[2].data["content"][0]
         assert tool_use["type"] == "tool_use" and tool_use["name"] == "StructuredOutput"
-        assert events[2].data["role"] == "user" and events[2].data["content"][0]["type"] == "tool_result"
+        assert events[3].data["role"] == "user" and events[3].data["content"][0]["type"] == "tool_result"
 
         # Partial messages only when asked for; the default system prompt stays Claude Code's.
         events, record = await cli_run(
@@ -153,15 +161,16 @@ async def test_thinking_tool_and_system_messages_are_all_mapped(
 ) -> None:
     async with claude_a.client(api_key) as ca:
         events, _ = await cli_run(claude_env, ca, "/api/v1/query", {"prompt": "think"})
-        assert events[1].data["content"] == [
+        assert events[1].data == {**events[1].data, "role": "user", "content": [{"type": "text", "text": "think"}]}
+        assert events[2].data["content"] == [
             {"type": "thinking", "thinking": "hmm", "signature": "sig"},
             {"type": "text", "text": "thought"},
         ]
         events, _ = await cli_run(
             claude_env, ca, "/api/v1/query", {"prompt": "tool Bash", "permission_mode": "bypassPermissions"}
         )
-        assert names(events) == ["init", "message", "message", "message", "result", "done"]
-        use, res = events[1].data["content"][0], events[2].data["content"][0]
+        assert names(events) == ["init", "message", "message", "message", "message", "result", "done"]
+        use, res = events[2].data["content"][0], events[3].data["content"][0]
         assert use["type"] == "tool_use" and use["name"] == "Bash" and use["input"] == {"command": "touch x"}
         assert res == {"type": "tool_result", "tool_use_id": use["id"], "content": "Bash ran", "is_error": False}
         events, _ = await cli_run(claude_env, ca, "/api/v1/query", {"prompt": "extras"})
@@ -388,10 +397,10 @@ async def test_permission_mode_change_reaches_the_agent_from_the_other_instance(
 async def test_api_error_surfaces_as_error_event(claude_a: Instance, claude_env: ClaudeEnv, api_key: str) -> None:
     async with claude_a.client(api_key) as ca:
         events, _ = await cli_run(claude_env, ca, "/api/v1/query", {"prompt": "fail"})
-        assert names(events) == ["init", "message", "result", "error", "done"]
-        assert events[1].data["error"] == "server_error"
-        assert events[2].data["is_error"] is True and events[2].data["api_error_status"] == 500
-        assert events[3].data["code"] == "AGENT_ERROR" and "500" in events[3].data["message"]
+        assert names(events) == ["init", "message", "message", "result", "error", "done"]
+        assert events[2].data["error"] == "server_error"
+        assert events[3].data["is_error"] is True and events[3].data["api_error_status"] == 500
+        assert events[4].data["code"] == "AGENT_ERROR" and "500" in events[4].data["message"]
         assert events[-1].data == {"reason": "error"}
         assert (await session_status(ca, events[0].data["session_id"]))["status"] == "error"
         single = (await ca.post("/api/v1/query/single", json={"prompt": "fail"})).json()

@@ -13,7 +13,7 @@ async def test_options_allow_lists_every_method_of_the_path(shared_instance: Ins
         sid = uuid.uuid4()
         checked = 0
         for template, operations in document["paths"].items():
-            path = template.replace("{session_id}", str(sid))
+            path = template.replace("{session_id}", str(sid)).replace("{run_id}", str(sid))
             expected = {method.upper() for method in operations} | {"OPTIONS"}
             resp = await c.options(path)
             assert resp.status_code == 204, (path, resp.status_code)

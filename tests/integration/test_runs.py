@@ -62,12 +62,15 @@ async def test_query_creates_session_and_records_everything(a: Instance, b: Inst
     async with a.client(api_key) as ca, b.client(api_key) as cb:
         events = await run_to_done(ca, "/api/v1/query", {"prompt": "tool Bash"})
         names = [e.event for e in events]
-        assert names == ["init", "message", "message", "message", "result", "done"]
+        # init, the user's turn, then the agent's side.
+        assert names == ["init", "message", "message", "message", "message", "result", "done"]
         init, result, done = events[0].data, events[-2].data, events[-1].data
         sid, run_id = init["session_id"], init["run_id"]
         assert set(init) >= {"session_id", "run_id", "model", "permission_mode", "tools"}
-        assert events[1].data["content"][0]["type"] == "tool_use"
-        assert events[2].data["content"][0]["type"] == "tool_result"
+        assert events[1].data["role"] == "user"
+        assert events[1].data["content"] == [{"type": "text", "text": "tool Bash"}]
+        assert events[2].data["content"][0]["type"] == "tool_use"
+        assert events[3].data["content"][0]["type"] == "tool_result"
         assert set(result) >= {
             "session_id",
             "run_id",
@@ -177,7 +180,7 @@ async def test_stale_interrupt_marker_does_not_stop_a_later_run(a: Instance, b: 
         # The marker (TTL 300 s) is still there; a new run must not be stopped by it.
         events2 = await run_to_done(ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "sleep 1.5"})
         assert events2[-1].data == {"reason": "completed"}
-        assert sum(1 for e in events2 if e.event == "message") == 15
+        assert sum(1 for e in events2 if e.event == "message" and e.data["role"] == "assistant") == 15
 
 
 async def test_answer_from_other_instance_reaches_agent(a: Instance, b: Instance, api_key: str) -> None:
@@ -195,6 +198,9 @@ async def test_answer_from_other_instance_reaches_agent(a: Instance, b: Instance
                 json={"answer": "green", "question_id": question.data["question_id"]},
             )
             assert answered.status_code == 200 and answered.json() == {"status": "delivered"}
+            turn = await next_event(events, "message")
+            assert turn.data["role"] == "user" and turn.data["content"][0]["text"] == "green"
+            assert turn.data["question_id"] == question.data["question_id"]
             message = await next_event(events, "message")
             assert message.data["content"][0]["text"] == "Answer: green"
             result = await next_event(events, "result")
@@ -262,7 +268,9 @@ async def test_rejoin_from_other_instance_after_disconnect(a: Instance, b: Insta
         full = await run_to_done_events(cb, sid)
         assert [e.id for e in seen + rest] == [e.id for e in full]
         assert rest[-1].data == {"reason": "completed"}
-        ticks = [e.data["content"][0]["text"] for e in seen + rest if e.event == "message"]
+        ticks = [
+            e.data["content"][0]["text"] for e in seen + rest if e.event == "message" and e.data["role"] == "assistant"
+        ]
         assert ticks == [f"tick {n}" for n in range(1, 16)]
 
 
@@ -331,14 +339,14 @@ async def test_client_disconnect_does_not_stop_the_run(a: Instance, b: Instance,
         await wait_for(completed, timeout=10, what="the run to complete without its client")
         msgs = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
         assert [m["event"] for m in msgs][-2:] == ["result", "done"]
-        assert sum(1 for m in msgs if m["event"] == "message") == 5
+        assert sum(1 for m in msgs if m["event"] == "message" and m["data"]["role"] == "assistant") == 5
 
 
 async def test_fail_prompt_ends_with_error_then_done(a: Instance, api_key: str) -> None:
     async with a.client(api_key) as ca:
         events = await run_to_done(ca, "/api/v1/query", {"prompt": "fail boom"})
-        assert [e.event for e in events] == ["init", "error", "done"]
-        assert events[1].data == {"code": "AGENT_ERROR", "message": "boom"}
+        assert [e.event for e in events] == ["init", "message", "error", "done"]
+        assert events[2].data == {"code": "AGENT_ERROR", "message": "boom"}
         assert events[-1].data == {"reason": "error"}
         sid = events[0].data["session_id"]
         assert (await session_status(ca, sid))["status"] == "error"
@@ -360,7 +368,7 @@ async def test_query_single_success_and_failure(a: Instance, api_key: str) -> No
 async def test_burst_2000_in_order(a: Instance, b: Instance, api_key: str) -> None:
     async with a.client(api_key) as ca, b.client(api_key) as cb:
         events = await run_to_done(ca, "/api/v1/query", {"prompt": "burst 2000"})
-        msgs = [e for e in events if e.event == "message"]
+        msgs = [e for e in events if e.event == "message" and e.data["role"] == "assistant"]
         assert [m.data["content"][0]["text"] for m in msgs] == [f"burst {n}" for n in range(1, 2001)]
         keys = [id_key(e.id) for e in events]
         assert keys == sorted(keys) and len(set(keys)) == len(keys)

@@ -14,7 +14,10 @@ async def test_echo_run_streams_full_sequence(a: Instance, api_key: str) -> None
     assert names[-1] == "done"
     assert events[-1].data == {"reason": "completed"}
     assert "result" in names
-    text = "".join(b["text"] for e in events if e.event == "message" for b in e.data["content"])
+    assert events[1].event == "message" and events[1].data["role"] == "user"
+    text = "".join(
+        b["text"] for e in events if e.event == "message" and e.data["role"] == "assistant" for b in e.data["content"]
+    )
     assert text == "Echo: hello world"
     ids = [e.id for e in events]
     assert all(ids) and ids == sorted(ids, key=lambda i: tuple(int(x) for x in i.split("-")))

@@ -63,7 +63,7 @@ def array_arm(schema: dict[str, Any]) -> dict[str, Any]:
         ("SessionCreate", "tags", {"minLength": 1, "maxLength": 64}),
         ("SessionUpdate", "tags", {"minLength": 1, "maxLength": 64}),
         ("QueryRequest", "allowed_tools", {"minLength": 1, "maxLength": 200}),
-        ("ResumeRequest", "disallowed_tools", {"minLength": 1, "maxLength": 200}),
+        ("RunRequest", "disallowed_tools", {"minLength": 1, "maxLength": 200}),
     ],
 )
 def test_list_items_keep_their_constraints(

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from advanced_alchemy.base import UUIDv7AuditBase
 from advanced_alchemy.types import DateTimeUTC
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, func
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, func, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -19,6 +19,12 @@ class AgentSession(UUIDv7AuditBase):
         Index("ix_agent_session_owner_created", "owner_key_id", "id"),
         Index("ix_agent_session_status", "status"),
         Index("ix_agent_session_tags", "tags", postgresql_using="gin"),
+        # The reaper's sweep: sessions with a run in flight or waiting.
+        Index(
+            "ix_agent_session_in_flight",
+            "id",
+            postgresql_where=text("active_run_id IS NOT NULL OR queued_runs > 0"),
+        ),
     )
 
     owner_key_id: Mapped[UUID] = mapped_column(ForeignKey("api_key.id", ondelete="CASCADE"))
@@ -40,6 +46,8 @@ class AgentSession(UUIDv7AuditBase):
     active_instance_id: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
     active_started_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None, nullable=True)
     agent_session_id: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
+    queued_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Runs waiting in this session's queue; changed in the same transaction as their status."""
     agent_fork_from: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
     """A fork that has not run yet: the parent's backend session id, which its first run forks from."""
 

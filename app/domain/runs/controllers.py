@@ -11,6 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from msgspec import Meta, Struct
 
+from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
 from app.domain.keys.auth import Principal
 from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
 from app.domain.runs.dependencies import provide_run_service
@@ -20,10 +21,12 @@ from app.domain.runs.schemas import (
     InterruptAccepted,
     QueryRequest,
     QueryResult,
-    ResumeRequest,
+    Run,
+    RunPage,
+    RunRequest,
+    RunStatus,
 )
 from app.domain.runs.services import STREAM_START, RunService, parse_after
-from app.domain.sessions.dependencies import provide_session_service
 from app.lib.logging import bind_session_from_path
 from app.lib.problems import problem_responses
 from app.lib.sse import encode_batches
@@ -59,50 +62,67 @@ SSE_RESPONSE = {
 }
 
 
-def sse(stream: Any, session_id: UUID, run_id: UUID | None = None) -> Stream:
-    headers = {**SSE_HEADERS, "X-Session-ID": str(session_id)}
-    if run_id is not None:
-        headers["X-Run-ID"] = str(run_id)
+MAX_OFFSET = 2**53
+MAX_WAIT_SECONDS = 300
+
+LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)]
+After = Annotated[str | None, QueryParameter(required=False, description="Exclusive; like Last-Event-ID")]
+
+
+def sse(stream: Any, session_id: UUID, run_id: UUID) -> Stream:
+    headers = {**SSE_HEADERS, "X-Session-ID": str(session_id), "X-Run-ID": str(run_id)}
     return Stream(encode_batches(stream), media_type="text/event-stream", headers=headers)
 
 
+def accepted(run: Run, status_code: int = 202) -> Response[Run]:
+    return Response(run, status_code=status_code, headers={"Location": f"/api/v1/runs/{run.id}"})
+
+
 class RunController(Controller):
+    """Starting runs (streamed, single-shot or in the background) and reaching them by session."""
+
     path = "/api/v1"
     tags = ["Runs"]
     before_request = staticmethod(bind_session_from_path)
-    dependencies = {
-        "session_service": Provide(provide_session_service),
-        "run_service": Provide(provide_run_service),
-    }
+    dependencies = {"run_service": Provide(provide_run_service, sync_to_thread=False)}
 
     @post(
         "/query",
-        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP},
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP, IDEMPOTENT_OPT: True},
         summary="Run the agent, streaming events (SSE)",
         status_code=200,
         responses={**SSE_RESPONSE, **problem_responses(404, 409, 422)},
     )
     async def query(
-        self, request: AuthedRequest, run_service: NamedDependency[RunService], data: JSONBody[QueryRequest]
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        data: JSONBody[QueryRequest],
+        idempotency_key: IdempotencyKey = None,
     ) -> Stream:
-        session, run_id = await run_service.start(request.user.key_id, data.session_id, data)
-        return sse(run_service.stream(session.id, STREAM_START), session.id, run_id)
+        submitted = await run_service.create(request.user.key_id, data.session_id, data.options(), if_busy=data.if_busy)
+        run = submitted.run
+        return sse(run_service.follower.follow(run.session_id, run.id, STREAM_START), run.session_id, run.id)
 
     @post(
         "/query/single",
-        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP},
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP, IDEMPOTENT_OPT: True},
         summary="Run the agent and wait for its result",
         status_code=200,
         responses=problem_responses(404, 409, 422),
     )
     async def query_single(
-        self, request: AuthedRequest, run_service: NamedDependency[RunService], data: JSONBody[QueryRequest]
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        data: JSONBody[QueryRequest],
+        idempotency_key: IdempotencyKey = None,
     ) -> QueryResult:
-        return await run_service.single(request.user.key_id, data)
+        return await run_service.single(request.user.key_id, data.session_id, data.options(), data.if_busy)
 
     @post(
         "/sessions/{session_id:uuid}/resume",
-        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP},
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP, IDEMPOTENT_OPT: True},
         summary="Run the agent on an existing session (SSE)",
         status_code=200,
         responses={**SSE_RESPONSE, **problem_responses(404, 409, 422)},
@@ -112,10 +132,69 @@ class RunController(Controller):
         request: AuthedRequest,
         run_service: NamedDependency[RunService],
         session_id: FromPath[UUID],
-        data: JSONBody[ResumeRequest],
+        data: JSONBody[RunRequest],
+        idempotency_key: IdempotencyKey = None,
     ) -> Stream:
-        session, run_id = await run_service.start(request.user.key_id, session_id, data)
-        return sse(run_service.stream(session.id, STREAM_START), session.id, run_id)
+        submitted = await run_service.create(request.user.key_id, session_id, data.options(), if_busy=data.if_busy)
+        run = submitted.run
+        return sse(run_service.follower.follow(run.session_id, run.id, STREAM_START), run.session_id, run.id)
+
+    @post(
+        "/sessions/{session_id:uuid}/runs",
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP, IDEMPOTENT_OPT: True},
+        summary="Start a run in the background",
+        description="202 with the Run and `Location: /api/v1/runs/{run_id}`; the run goes on without the client.",
+        status_code=202,
+        responses=problem_responses(404, 409, 422),
+    )
+    async def create_session_run(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        session_id: FromPath[UUID],
+        data: JSONBody[RunRequest],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[Run]:
+        submitted = await run_service.create(request.user.key_id, session_id, data.options(), if_busy=data.if_busy)
+        return accepted(submitted.run)
+
+    @post(
+        "/runs",
+        opt={RATE_LIMIT_GROUP_OPT: RUNS_GROUP, IDEMPOTENT_OPT: True},
+        summary="Start a run in the background (a new session without session_id)",
+        status_code=202,
+        responses=problem_responses(404, 409, 422),
+    )
+    async def create_run(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        data: JSONBody[QueryRequest],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[Run]:
+        submitted = await run_service.create(request.user.key_id, data.session_id, data.options(), if_busy=data.if_busy)
+        return accepted(submitted.run)
+
+    @get(
+        "/sessions/{session_id:uuid}/runs",
+        summary="List a session's runs, newest first",
+        responses=problem_responses(404),
+    )
+    async def list_session_runs(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        session_id: FromPath[UUID],
+        status: Annotated[
+            list[RunStatus] | None,
+            QueryParameter(max_items=6, description="Repeatable: runs in any of these states."),
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> RunPage:
+        return await run_service.list_for_session(
+            request.user.key_id, session_id, statuses=status or [], limit=limit, offset=offset
+        )
 
     @get(
         "/sessions/{session_id:uuid}/events",
@@ -126,21 +205,20 @@ class RunController(Controller):
             **problem_responses(404),
         },
     )
-    async def events(
+    async def session_events(
         self,
         request: AuthedRequest,
         run_service: NamedDependency[RunService],
         session_id: FromPath[UUID],
-        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID", required=False)] = None,
-        after: Annotated[
-            str | None, QueryParameter(required=False, description="Exclusive; like Last-Event-ID")
-        ] = None,
+        last_event_id: LastEventId = None,
+        after: After = None,
     ) -> Stream | Response[None]:
         start = parse_after(last_event_id if last_event_id else after)
-        stream = await run_service.events(request.user.key_id, session_id, start)
-        if stream is None:
+        opened = await run_service.session_events(request.user.key_id, session_id, start)
+        if opened is None:
             return Response(None, status_code=204)
-        return sse(stream, session_id)
+        run, stream = opened
+        return sse(stream, session_id, run.id)
 
     @post(
         "/sessions/{session_id:uuid}/interrupt",
@@ -175,3 +253,66 @@ class RunController(Controller):
     ) -> AnswerDelivered:
         await run_service.answer(request.user.key_id, session_id, data.answer, data.question_id)
         return AnswerDelivered(status="delivered")
+
+
+class RunResourceController(Controller):
+    """A run by its id, from any instance, during and after its life."""
+
+    path = "/api/v1/runs"
+    tags = ["Runs"]
+    dependencies = {"run_service": Provide(provide_run_service, sync_to_thread=False)}
+
+    @get("/{run_id:uuid}", summary="Get a run", responses=problem_responses(404))
+    async def get_run(
+        self, request: AuthedRequest, run_service: NamedDependency[RunService], run_id: FromPath[UUID]
+    ) -> Run:
+        return await run_service.get(request.user.key_id, run_id)
+
+    @get(
+        "/{run_id:uuid}/wait",
+        summary="Wait until the run has ended (or the timeout passed)",
+        responses=problem_responses(404),
+    )
+    async def wait_run(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        run_id: FromPath[UUID],
+        timeout: Annotated[
+            float, QueryParameter(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait at most (0-300).")
+        ] = 30,
+    ) -> Run:
+        return await run_service.wait(request.user.key_id, run_id, timeout)
+
+    @get(
+        "/{run_id:uuid}/events",
+        summary="Follow or replay this run's events (SSE)",
+        responses={**SSE_RESPONSE, **problem_responses(404)},
+    )
+    async def run_events(
+        self,
+        request: AuthedRequest,
+        run_service: NamedDependency[RunService],
+        run_id: FromPath[UUID],
+        last_event_id: LastEventId = None,
+        after: After = None,
+    ) -> Stream:
+        start = parse_after(last_event_id if last_event_id else after)
+        run, stream = await run_service.run_events(request.user.key_id, run_id, start)
+        return sse(stream, run.session_id, run.id)
+
+    @post(
+        "/{run_id:uuid}/cancel",
+        summary="Cancel a run",
+        description=(
+            "running → interrupted (202; its stream ends with `done {reason: interrupted}`); queued → "
+            "`cancelled` at once, it never starts (200); already ended → 200, unchanged."
+        ),
+        status_code=200,
+        responses={202: ResponseSpec(Run, description="Interrupting the running run."), **problem_responses(404)},
+    )
+    async def cancel_run(
+        self, request: AuthedRequest, run_service: NamedDependency[RunService], run_id: FromPath[UUID]
+    ) -> Response[Run]:
+        run, interrupting = await run_service.cancel(request.user.key_id, run_id)
+        return Response(run, status_code=202 if interrupting else 200)

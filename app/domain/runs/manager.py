@@ -1,8 +1,8 @@
-"""`RunManager`: the runs this instance owns, and the messages that reach them from any instance.
+"""`RunManager`: the runs this instance executes, how they start, and the control messages that reach them.
 
-A run is a task independent of any request: the client that started it may disconnect and rejoin.
-Lifecycle: lease (Valkey SET NX) → session `running` (Postgres, fenced) → agent events → recorder →
-session final status (Postgres) → lease released and `done` appended in one step."""
+Starting a run: `RunStore` decides in Postgres (the fence) while this instance takes the Valkey lease inside
+that same transaction; then a `LiveRun` drives the agent. When a run ends, this instance starts the session's
+next queued run, so a queue moves on wherever its previous run ended."""
 
 from __future__ import annotations
 
@@ -10,86 +10,88 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
-import msgspec
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
-from uuid_utils.compat import uuid7
-
-from app.agents.base import AgentBackend, AgentRequest, AgentRun, AnswerOutcome
+from app.agents.base import AgentBackend, AgentRequest, AgentRequestError, AnswerOutcome
 from app.config.settings import Settings
 from app.db.models import AgentSession
+from app.domain.runs import control
+from app.domain.runs.errors import invalid_run_options, shutting_down, valkey_unavailable
 from app.domain.runs.lease import LeaseValue, decode_lease, encode_lease
-from app.domain.runs.recorder import EventRecorder, stream_fields
+from app.domain.runs.live import LiveRun
+from app.domain.runs.recorder import EventRecorder
+from app.domain.runs.schemas import IfBusy, RunOptions
+from app.domain.runs.store import RunStore, StartedRun, Submitted
 from app.domain.sessions.keys import active_key, events_key, interrupt_key
-from app.domain.sessions.schemas import Session
-from app.domain.sessions.services import SessionInfra, SessionService
 from app.lib import metrics
 from app.lib.logging import bind_log_context, log_context
-from app.lib.problems import ApiError
+from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.errors import VALKEY_ERRORS
+from app.lib.valkey.event_log import EventLog
+from app.lib.valkey.lease import RunLease
 
 logger = logging.getLogger(__name__)
 
-FINAL_STATUS = {"completed": "completed", "interrupted": "interrupted", "error": "error"}
+# How long a starting run waits for the previous run's lease to go (its owner commits its end, then releases
+# the lease and appends `done` a moment later) before taking it over.
+LEASE_HANDOVER_WAIT = 2.0
 
 
-def valkey_unavailable() -> ApiError:
-    return ApiError(
-        503,
-        "VALKEY_UNAVAILABLE",
-        "Valkey cannot be reached; runs need it. Try again shortly.",
-        title="Valkey unavailable",
-        headers={"Retry-After": "2"},
+def agent_request(
+    options: RunOptions,
+    *,
+    session_id: UUID | None,
+    run_id: UUID | None,
+    model: str | None,
+    permission_mode: str | None,
+    resume: str | None = None,
+    fork: bool = False,
+) -> AgentRequest:
+    """The one place a run's options become the backend's request."""
+    return AgentRequest(
+        session_id=str(session_id) if session_id else "",
+        run_id=str(run_id) if run_id else "",
+        prompt=options.prompt,
+        model=options.model or model,
+        permission_mode=options.permission_mode or permission_mode,
+        allowed_tools=list(options.allowed_tools or []),
+        disallowed_tools=list(options.disallowed_tools or []),
+        max_turns=options.max_turns,
+        system_prompt=options.system_prompt,
+        output_format=options.output_format,
+        include_partial_messages=options.include_partial_messages,
+        resume=resume,
+        fork=fork,
     )
-
-
-@dataclass
-class RunStats:
-    agent_session_id: str | None = None
-    saw_result: bool = False
-    num_turns: int = 0
-    total_cost_usd: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-@dataclass
-class LocalRun:
-    session_id: UUID
-    run_id: UUID
-    owner_key_id: UUID
-    lease_token: bytes
-    agent: AgentRun
-    recorder: EventRecorder
-    started: float = field(default_factory=time.monotonic)
-    interrupt_requested: asyncio.Event = field(default_factory=asyncio.Event)
-    lease_lost: bool = False
-    interrupt_at: float | None = None
-    task: asyncio.Task[None] | None = None
-    heartbeat: asyncio.Task[None] | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class RunManager:
     def __init__(
-        self, settings: Settings, infra: SessionInfra, alchemy: SQLAlchemyAsyncConfig, backend: AgentBackend
+        self,
+        settings: Settings,
+        *,
+        store: RunStore,
+        lease: RunLease,
+        events: EventLog,
+        channel: ControlChannel,
+        markers: SignalMarker,
+        backend: AgentBackend,
     ) -> None:
         self.settings = settings
-        self.infra = infra
-        self.alchemy = alchemy
+        self.store = store
+        self.lease = lease
+        self.events = events
+        self.channel = channel
+        self.markers = markers
         self.backend = backend
         self.instance_id = settings.app.instance_id
-        self.runs: dict[UUID, LocalRun] = {}
+        self.runs: dict[UUID, LiveRun] = {}
         self.draining = False
 
-    # -- lifecycle -------------------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start_listening(self) -> None:
-        self.infra.control.start(self.on_control_message)
+        self.channel.start(self.on_control_message)
 
     async def drain(self) -> None:
         """Stop taking runs, let running ones finish for the grace period, then interrupt the rest and wait
@@ -101,365 +103,215 @@ class RunManager:
                 async with asyncio.timeout(self.settings.runs.shutdown_grace):
                     await asyncio.gather(*pending)
         for run in list(self.runs.values()):
-            run.interrupt_requested.set()
+            run.request_interrupt()
         leftovers = [r.task for r in self.runs.values() if r.task is not None]
         if leftovers:
             await asyncio.wait(leftovers, timeout=15)
 
     async def close(self) -> None:
         """After `drain`: stop listening for control messages and close the backend."""
-        await self.infra.control.stop()
+        await self.channel.stop()
         await self.backend.aclose()
 
-    # -- starting a run ------------------------------------------------------------------------------
+    # -- checks before anything is written -----------------------------------------------------------
 
-    async def start_run(self, owner_key_id: UUID, session: Session, options: dict[str, Any]) -> tuple[UUID, Session]:
-        """Takes the lease, marks the session running and starts the agent; returns (run_id, session)."""
-        if self.draining:
-            raise ApiError(
-                503,
-                "SHUTTING_DOWN",
-                "This instance is shutting down; retry on another.",
-                title="Shutting down",
-                headers={"Retry-After": "1"},
-            )
-        session_id = session.id
-        run_id = UUID(str(uuid7()))
-        started_at = datetime.now(UTC)
-        token = encode_lease(LeaseValue(run_id=run_id, instance_id=self.instance_id, started_at=started_at))
+    def validate(self, options: RunOptions, *, model: str | None, permission_mode: str | None) -> None:
+        """The backend's own checks (models, tools, ...): 422 before any session, lease or run exists."""
         try:
-            acquired = await self.infra.lease.acquire(active_key(session_id), token)
+            self.backend.validate(
+                agent_request(options, session_id=None, run_id=None, model=model, permission_mode=permission_mode)
+            )
+        except AgentRequestError as exc:
+            raise invalid_run_options(str(exc)) from exc
+
+    async def require_valkey(self) -> None:
+        try:
+            await self.events.ping()
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
-        if not acquired:
-            raise ApiError(409, "SESSION_BUSY", "The session already has an active run.", title="Session busy")
+
+    # -- starting runs -------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        owner_key_id: UUID,
+        session_id: UUID | None,
+        options: RunOptions,
+        *,
+        if_busy: IfBusy,
+        new_session: AgentSession | None = None,
+    ) -> Submitted:
+        """Records the run in Postgres and starts it here when its session is free; else it waits in the
+        session's queue (or, with if_busy=interrupt, the active run is interrupted so it goes next)."""
+        if self.draining:
+            raise shutting_down()
+        await self.require_valkey()
         try:
-            await self._close_out_stale_run(owner_key_id, session_id)
-            await self.infra.events.reset(events_key(session_id))
-
-            def mark_running(row: AgentSession) -> None:
-                row.status = "running"
-                row.active_run_id = run_id
-                row.active_instance_id = self.instance_id
-                row.active_started_at = started_at
-                row.last_run_at = started_at
-                row.last_run_id = run_id
-                if options.get("model"):
-                    row.model = options["model"]
-                if options.get("permission_mode"):
-                    row.permission_mode = options["permission_mode"]
-
-            async with self.alchemy.get_session() as db:
-                service = SessionService(session=db).bind(self.infra)
-                session = await service.update_fenced(session_id, owner_key_id, mark_running)
-                row = await service.load_owned(session_id, owner_key_id)
-                # A fork's first run continues the parent's conversation under a backend session of its own.
-                resume, fork = row.agent_session_id, False
-                if resume is None and row.agent_fork_from:
-                    resume, fork = row.agent_fork_from, True
-        except BaseException as exc:
-            with contextlib.suppress(*VALKEY_ERRORS):
-                await self.infra.lease.release(active_key(session_id), token)
-            if isinstance(exc, VALKEY_ERRORS):
-                raise valkey_unavailable() from exc
-            raise
-
-        request = AgentRequest(
-            session_id=str(session_id),
-            run_id=str(run_id),
-            prompt=options["prompt"],
-            model=session.model,
-            permission_mode=session.permission_mode,
-            allowed_tools=list(options.get("allowed_tools") or []),
-            disallowed_tools=list(options.get("disallowed_tools") or []),
-            max_turns=options.get("max_turns"),
-            system_prompt=options.get("system_prompt"),
-            output_format=options.get("output_format"),
-            include_partial_messages=bool(options.get("include_partial_messages")),
-            resume=resume,
-            fork=fork,
-        )
-        run = LocalRun(
-            session_id=session_id,
-            run_id=run_id,
-            owner_key_id=owner_key_id,
-            lease_token=token,
-            agent=self.backend.start(request),
-            recorder=EventRecorder(
-                self.infra.events, self.alchemy, session_id=session_id, run_id=run_id, stream_key=events_key(session_id)
-            ),
-        )
-        self.runs[run_id] = run
-        metrics.active_runs.inc()
-        # On the starting request's lines too; the run's task binds its own (it outlives the request).
-        bind_log_context(session_id=session_id, run_id=run_id)
-        run.task = asyncio.create_task(self._drive(run), name=f"run-{run_id}")
-        return run_id, session
-
-    async def _close_out_stale_run(self, owner_key_id: UUID, session_id: UUID) -> None:
-        """We hold the lease, yet Postgres still shows another run active: its owner died before the
-        reaper got to it. End that run's stream properly before this run resets it."""
-        async with self.alchemy.get_session() as db:
-            row = await SessionService(session=db).bind(self.infra).load_owned(session_id, owner_key_id)
-            stale_run = row.active_run_id
-        if stale_run is None:
-            return
-        from app.domain.runs.reaper import append_run_lost
-
-        await append_run_lost(self.infra, self.alchemy, session_id, stale_run, lease_token=None)
-
-    # -- driving a run -------------------------------------------------------------------------------
-
-    async def _drive(self, run: LocalRun) -> None:
-        # This task's own log context (a copy): the ids stay on its lines after the request that started it ends.
-        bind_log_context(session_id=run.session_id, run_id=run.run_id)
-        logger.info("run started")
-        reason = "completed"
-        stats = RunStats()
-        consumer = asyncio.create_task(self._consume(run, stats), name=f"consume-{run.run_id}")
-        watcher = asyncio.create_task(run.interrupt_requested.wait())
-        # Renews the lease until `_finish` releases it: a final commit that waits out a database outage must not
-        # let the lease lapse (followers would take "no lease, final status" for the end, without `done`).
-        run.heartbeat = asyncio.create_task(self._heartbeat(run), name=f"heartbeat-{run.run_id}")
-        try:
-            done, _ = await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if consumer in done:
-                reason = consumer.result()
-            else:
-                reason = "error" if run.lease_lost else "interrupted"
-                with contextlib.suppress(Exception):
-                    await run.agent.interrupt()
-                if run.agent.interrupt_grace > 0 and not run.lease_lost:
-                    # The backend reports how the interrupted run ended (its last messages, its result).
-                    await asyncio.wait({consumer}, timeout=run.agent.interrupt_grace)
-                consumer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await consumer
-                if run.lease_lost:
-                    run.recorder.add("error", {"code": "RUN_LOST", "message": "The run lost its lease."})
-                elif not stats.saw_result:
-                    # Every run that did not fail ends with a `result` (SPEC §4), an interrupted one too.
-                    run.recorder.add("result", self._interrupted_result(run, stats))
-        except Exception as exc:
-            logger.exception("run %s failed", run.run_id)
-            run.recorder.add("error", {"code": "AGENT_ERROR", "message": str(exc) or type(exc).__name__})
-            reason = "error"
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(Exception):
-                await run.agent.aclose()
-            try:
-                await self._finish(run, reason, stats)
-                logger.info(
-                    "run finished",
-                    extra={"reason": reason, "duration_ms": round((time.monotonic() - run.started) * 1000, 1)},
-                )
-            finally:
-                await self._stop_heartbeat(run)
-                await run.recorder.aclose()
-                self.runs.pop(run.run_id, None)
-                run.finished.set()
-
-    @staticmethod
-    def _interrupted_result(run: LocalRun, stats: RunStats) -> dict[str, Any]:
-        return {
-            "session_id": str(run.session_id),
-            "run_id": str(run.run_id),
-            "is_error": False,
-            "num_turns": stats.num_turns,
-            "duration_ms": int((time.monotonic() - run.started) * 1000),
-            "total_cost_usd": stats.total_cost_usd,
-            "usage": {"input_tokens": stats.input_tokens, "output_tokens": stats.output_tokens},
-            "result": None,
-            "structured_output": None,
-            "stop_reason": "interrupted",
-        }
-
-    async def _consume(self, run: LocalRun, stats: RunStats) -> str:
-        reason = "completed"
-        saw_result = False
-        try:
-            async for event in run.agent.events():
-                data = dict(event.data)
-                if event.event == "init":
-                    # A backend's own session id (e.g. the Claude SDK's) is kept on the session for resume/fork,
-                    # not sent to clients.
-                    agent_session_id = data.pop("agent_session_id", None)
-                    if agent_session_id:
-                        stats.agent_session_id = str(agent_session_id)
-
-                        def keep_agent_session(row: AgentSession) -> None:
-                            row.agent_session_id = stats.agent_session_id
-                            row.agent_fork_from = None
-
-                        await self._update(run, keep_agent_session)
-                    data = {"session_id": str(run.session_id), "run_id": str(run.run_id), **data}
-                elif event.event == "result":
-                    saw_result = stats.saw_result = True
-                    data = {
-                        "session_id": str(run.session_id),
-                        "run_id": str(run.run_id),
-                        **data,
-                        "duration_ms": int((time.monotonic() - run.started) * 1000),
-                    }
-                    usage = data.get("usage") or {}
-                    stats.num_turns += int(data.get("num_turns") or 0)
-                    stats.total_cost_usd += float(data.get("total_cost_usd") or 0.0)
-                    stats.input_tokens += int(usage.get("input_tokens") or 0)
-                    stats.output_tokens += int(usage.get("output_tokens") or 0)
-                    if data.get("is_error"):
-                        reason = "error"
-                elif event.event == "error":
-                    reason = "error"
-                elif event.event == "done":
-                    continue  # only the run manager ends a stream
-                run.recorder.add(event.event, data)
-        except Exception as exc:
-            logger.exception("agent of run %s raised", run.run_id)
-            run.recorder.add("error", {"code": "AGENT_ERROR", "message": str(exc) or type(exc).__name__})
-            return "error"
-        if not saw_result and reason != "error":
-            run.recorder.add("error", {"code": "AGENT_ERROR", "message": "The agent ended without a result."})
-            reason = "error"
-        return reason
-
-    async def _heartbeat(self, run: LocalRun) -> None:
-        """Renews the lease and, as a backstop for a missed control message, polls the interrupt marker."""
-        lease = self.infra.lease
-        renew_every = self.settings.runs.lease_renew_interval
-        last_renew = time.monotonic()
-        while True:
-            await asyncio.sleep(min(1.0, renew_every))
-            try:
-                if await self.infra.markers.get(interrupt_key(run.session_id)) == str(run.run_id):
-                    run.interrupt_requested.set()
-                if time.monotonic() - last_renew >= renew_every:
-                    if not await lease.renew(active_key(run.session_id), run.lease_token):
-                        logger.error("run %s lost its lease to another owner", run.run_id)
-                        run.lease_lost = True
-                        run.interrupt_requested.set()
-                        return
-                    last_renew = time.monotonic()
-            except VALKEY_ERRORS:
-                logger.warning("run %s: heartbeat could not reach Valkey", run.run_id)
-
-    async def _finish(self, run: LocalRun, reason: str, stats: RunStats) -> None:
-        """Final status committed, then lease released and `done` appended atomically (SPEC §3).
-
-        The run's events reach Postgres while the status commits (both must be done before `done`)."""
-        await run.recorder.drain_stream()
-        status = FINAL_STATUS[reason]
-
-        def mark_finished(row: AgentSession) -> None:
-            row.status = status
-            if stats.agent_session_id:
-                row.agent_session_id = stats.agent_session_id
-                row.agent_fork_from = None
-            if row.active_run_id == run.run_id:
-                row.active_run_id = None
-                row.active_instance_id = None
-                row.active_started_at = None
-            row.total_turns += stats.num_turns
-            row.total_cost_usd += stats.total_cost_usd
-            row.input_tokens += stats.input_tokens
-            row.output_tokens += stats.output_tokens
-
-        await asyncio.gather(
-            self._retry("commit final status", lambda: self._update(run, mark_finished)), run.recorder.drain()
-        )
-        # Counted before `done` goes out, so a client that saw `done` sees the metrics too.
-        metrics.active_runs.dec()
-        metrics.runs_total.labels(reason).inc()
-        done = msgspec.json.encode({"reason": reason})
-
-        async def release() -> None:
-            _, entry_id = await self.infra.lease.release_with_entry(
-                active_key(run.session_id),
-                run.lease_token,
-                events_key(run.session_id),
-                stream_fields("done", done, run.run_id),
-                self.settings.runs.events_ttl,
+            submitted = await self.store.submit(
+                owner_key_id,
+                session_id,
+                options,
+                if_busy=if_busy,
+                instance_id=self.instance_id,
+                new_session=new_session,
+                before_commit=self._take_lease,
             )
-            run.recorder.persisted(entry_id, "done", done)
+        except VALKEY_ERRORS as exc:
+            raise valkey_unavailable() from exc
+        if submitted.started is not None:
+            await self._launch(submitted.started)
+        else:
+            if submitted.interrupt is not None:
+                await self.interrupt(submitted.session.id, submitted.interrupt)
+            if submitted.session.active_run is None:
+                # Queued behind a run that has just ended: nobody else may be about to start it.
+                await self.start_next(submitted.session.id)
+        return submitted
 
-        await self._stop_heartbeat(run)  # no renewal may re-take the lease once it is released
-        await self._retry("release lease", release)
-        if run.interrupt_at is not None:
-            metrics.interrupt_latency_seconds.observe(time.monotonic() - run.interrupt_at)
-        await run.recorder.drain(timeout=10)
-
-    @staticmethod
-    async def _stop_heartbeat(run: LocalRun) -> None:
-        if run.heartbeat is not None:
-            run.heartbeat.cancel()
-            await asyncio.wait({run.heartbeat})  # its end, without taking on its CancelledError
-
-    async def _update(self, run: LocalRun, mutate: Any) -> None:
-        async with self.alchemy.get_session() as db:
-            await SessionService(session=db).bind(self.infra).update_fenced(run.session_id, run.owner_key_id, mutate)
-
-    async def _retry(self, what: str, action: Any, attempts: int = 20) -> None:
-        delay = 0.05
-        for attempt in range(attempts):
-            try:
-                await action()
-                return
-            except ApiError as exc:
-                if exc.code != "SESSION_LOCKED":
-                    logger.error("run finish: %s failed: %s", what, exc)
-                    return
-            except Exception:
-                logger.warning("run finish: %s failed (attempt %d)", what, attempt + 1, exc_info=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        logger.error("run finish: gave up on %s", what)
-
-    # -- control messages ---------------------------------------------------------------------------
-
-    def interrupt_local(self, run_id: UUID) -> bool:
-        run = self.runs.get(run_id)
-        if run is None:
+    async def start_next(self, session_id: UUID) -> bool:
+        """Starts the session's next queued run here, if the session is free. Safe from any instance at
+        any time: the session row lock lets one win."""
+        if self.draining:
             return False
-        self._request_interrupt(run)
+        try:
+            started = await self.store.claim_next(session_id, self.instance_id, self._take_lease)
+        except Exception:
+            logger.warning("could not start the next run of %s", session_id, exc_info=True)
+            return False
+        if started is None:
+            return False
+        await self._launch(started)
         return True
 
-    @staticmethod
-    def _request_interrupt(run: LocalRun) -> None:
-        if run.interrupt_at is None:
-            run.interrupt_at = time.monotonic()
-        run.interrupt_requested.set()
+    def _lease_token(self, started: StartedRun) -> bytes:
+        return encode_lease(
+            LeaseValue(run_id=started.run_id, instance_id=self.instance_id, started_at=started.started_at)
+        )
 
-    async def answer_local(self, run_id: UUID, answer: str, question_id: str | None) -> AnswerOutcome | None:
-        run = self.runs.get(run_id)
-        if run is None:
-            return None
-        return await run.agent.answer(answer, question_id)
+    async def _take_lease(self, started: StartedRun) -> None:
+        """Inside the start transaction: Postgres has made this run the session's active one, so any lease
+        still there belongs to a run that has ended (its `done` is a moment away) or to nobody alive."""
+        key = active_key(started.session_id)
+        token = self._lease_token(started)
+        deadline = time.monotonic() + LEASE_HANDOVER_WAIT
+        while not await self.lease.acquire(key, token):
+            if time.monotonic() > deadline:
+                await self.lease.take(key, token)
+                break
+            await asyncio.sleep(0.01)
 
-    async def on_control_message(self, message: dict[str, Any]) -> None:
+    async def _launch(self, started: StartedRun) -> None:
+        session = started.session
         try:
-            run_id = UUID(message["run_id"])
-        except (KeyError, ValueError, TypeError):
-            return
+            await self.events.reset(events_key(started.session_id))
+        except VALKEY_ERRORS:
+            logger.warning("run %s: could not reset the event stream", started.run_id)
+        run = LiveRun(
+            started,
+            agent=self.backend.start(
+                agent_request(
+                    started.options,
+                    session_id=started.session_id,
+                    run_id=started.run_id,
+                    model=session.model,
+                    permission_mode=session.permission_mode,
+                    resume=started.resume,
+                    fork=started.fork,
+                )
+            ),
+            recorder=EventRecorder(
+                self.events,
+                self.store.alchemy,
+                session_id=started.session_id,
+                run_id=started.run_id,
+                stream_key=events_key(started.session_id),
+            ),
+            lease=self.lease,
+            lease_token=self._lease_token(started),
+            store=self.store,
+            markers=self.markers,
+            settings=self.settings.runs,
+            on_end=self._on_run_end,
+        )
+        self.runs[started.run_id] = run
+        metrics.active_runs.inc()
+        # On the starting request's lines too; the run's task binds its own (it outlives the request).
+        bind_log_context(session_id=started.session_id, run_id=started.run_id)
+        run.start()
+
+    async def _on_run_end(self, run: LiveRun) -> None:
+        self.runs.pop(run.run_id, None)
+        await self.start_next(run.session_id)
+
+    # -- reaching a run wherever it runs -------------------------------------------------------------
+
+    async def interrupt(self, session_id: UUID, run_id: UUID) -> None:
         run = self.runs.get(run_id)
+        if run is not None:
+            run.request_interrupt()
+            return
+        try:
+            await self.channel.publish(
+                control.encode(control.Interrupt(session_id=session_id, run_id=run_id)),
+                marker=(interrupt_key(session_id), str(run_id), self.settings.runs.interrupt_ttl),
+            )
+        except VALKEY_ERRORS as exc:
+            raise valkey_unavailable() from exc
+
+    async def answer(self, session_id: UUID, run_id: UUID, answer: str, question_id: str | None) -> str:
+        """ "delivered", "no_pending_question" or "not_running" (the owner did not answer in time)."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            return await run.answer(answer, question_id)
+        reply_key = self.channel.reply_key(session_id)
+        try:
+            await self.channel.publish(
+                control.encode(
+                    control.DeliverAnswer(
+                        session_id=session_id,
+                        run_id=run_id,
+                        answer=answer,
+                        question_id=question_id,
+                        reply_key=reply_key,
+                    )
+                )
+            )
+            raw = await self.channel.wait_reply(reply_key, self.settings.runs.answer_timeout)
+        except VALKEY_ERRORS as exc:
+            raise valkey_unavailable() from exc
+        reply = control.decode_reply(raw) if raw is not None else None
+        return reply.outcome if reply is not None else "not_running"
+
+    async def set_permission_mode(self, session_id: UUID, run_id: UUID, mode: str) -> None:
+        run = self.runs.get(run_id)
+        if run is not None:
+            await run.set_permission_mode(mode)
+            return
+        with contextlib.suppress(*VALKEY_ERRORS):
+            await self.channel.publish(
+                control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode))
+            )
+
+    async def on_control_message(self, raw: bytes) -> None:
+        message = control.decode(raw)
+        if message is None:
+            return
+        run = self.runs.get(message.run_id)
         if run is None:
             return
         with log_context(session_id=run.session_id, run_id=run.run_id):
-            await self._handle_control(run, message)
+            if isinstance(message, control.Interrupt):
+                run.request_interrupt()
+            elif isinstance(message, control.SetPermissionMode):
+                await run.set_permission_mode(message.permission_mode)
+            else:
+                outcome: AnswerOutcome = await run.answer(message.answer, message.question_id)
+                await self.channel.reply(message.reply_key, control.encode(control.AnswerReply(outcome=outcome)))
 
-    async def _handle_control(self, run: LocalRun, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "interrupt":
-            self._request_interrupt(run)
-        elif kind == "permission_mode":
-            await run.agent.set_permission_mode(str(message.get("permission_mode")))
-        elif kind == "answer":
-            outcome = await run.agent.answer(str(message.get("answer", "")), message.get("question_id"))
-            await self.infra.control.reply(str(message["reply_key"]), {"outcome": outcome})
-
-    # -- reading the lease -------------------------------------------------------------------------
+    # -- reading the lease ---------------------------------------------------------------------------
 
     async def current_lease(self, session_id: UUID) -> LeaseValue | None:
         try:
-            return decode_lease(await self.infra.lease.get(active_key(session_id)))
+            return decode_lease(await self.lease.get(active_key(session_id)))
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc

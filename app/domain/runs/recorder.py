@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 NON_DURABLE = frozenset({"partial"})
 MAX_BATCH = 500
+# Events not yet in Postgres beyond which the agent waits: a fast agent is slowed to what the stores take,
+# so a run's end (final status, `done`) never waits for a long backlog to drain.
+MAX_PENDING = 2000
 
 
 def stream_fields(event: str, data: dict[str, Any] | bytes, run_id: UUID | str) -> dict[str, str | bytes]:
@@ -77,32 +80,35 @@ class EventRecorder:
         self._db_idle = asyncio.Event()
         self._stream_idle.set()
         self._db_idle.set()
+        self._room = asyncio.Event()
+        self._room.set()
         self._tasks = [
             asyncio.create_task(self._stream_writer(), name=f"stream-writer-{run_id}"),
             asyncio.create_task(self._db_writer(), name=f"db-writer-{run_id}"),
         ]
-        self.count = 0
 
-    def add(self, event: str, data: dict[str, Any]) -> None:
+    @property
+    def pending(self) -> int:
+        return len(self._to_stream) + len(self._to_db)
+
+    async def add(self, event: str, data: dict[str, Any]) -> None:
+        """Queues an event for the stream (then Postgres); waits while the backlog is full."""
+        while self.pending >= MAX_PENDING:
+            self._room.clear()
+            await self._room.wait()
+        self.add_now(event, data)
+
+    def add_now(self, event: str, data: dict[str, Any]) -> None:
+        """Queues an event without waiting for room (a run's last few events)."""
         self._to_stream.append((event, msgspec.json.encode(data)))
-        self.count += 1
         self._stream_idle.clear()
         self._stream_wakeup.set()
 
-    def persisted(self, entry_id: str, event: str, data: bytes) -> None:
-        """Queue an entry that reached the stream by another path (e.g. `done`) for Postgres."""
+    def queue_for_database(self, entry_id: str, event: str, data: bytes) -> None:
+        """Queues an entry that reached the stream by another path (e.g. `done`) for Postgres."""
         self._to_db.append((entry_id, event, data, self.run_id))
         self._db_idle.clear()
         self._db_wakeup.set()
-
-    async def drain_stream(self, timeout: float = 30.0) -> None:
-        """Waits until every event added so far is in the stream (not necessarily in Postgres)."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self._to_stream or not self._stream_idle.is_set():
-                    await self._stream_idle.wait()
-        except TimeoutError:
-            logger.error("run %s: stream writer did not drain within %ss", self.run_id, timeout)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Waits until every event added so far is in the stream and in Postgres."""
@@ -159,4 +165,6 @@ class EventRecorder:
                     continue
                 delay = 0.1
                 del self._to_db[: len(batch)]
+                if self.pending < MAX_PENDING:
+                    self._room.set()
             self._db_idle.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -19,7 +20,22 @@ ToolName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0
 ToolList = Annotated[list[ToolName], Meta(max_length=200)]
 
 
-class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True):
+class RunError(Struct):
+    code: str
+    message: str
+
+
+IfBusy = Literal["reject", "enqueue", "interrupt"]
+RunStatus = Literal["queued", "running", "completed", "interrupted", "error", "cancelled"]
+IF_BUSY_DESCRIPTION = (
+    "What to do when the session already has an active run: `reject` (409 SESSION_BUSY), `enqueue` (wait in "
+    "the session's queue) or `interrupt` (interrupt it and run next, ahead of queued runs)."
+)
+
+
+class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """What the agent is asked to do; stored on the run as its `input`, as given."""
+
     prompt: Prompt
     model: ModelName | None = None
     permission_mode: PermissionMode | None = None
@@ -31,14 +47,45 @@ class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     include_partial_messages: bool = False
 
 
-class QueryRequest(RunOptions, forbid_unknown_fields=True, kw_only=True):
+class RunRequest(RunOptions, forbid_unknown_fields=True, kw_only=True):
+    """`POST /sessions/{id}/runs` and `POST /sessions/{id}/resume`: run options plus `if_busy`."""
+
+    if_busy: Annotated[IfBusy, Meta(description=IF_BUSY_DESCRIPTION)] = "reject"
+
+    def options(self) -> RunOptions:
+        """The run's own options (`input`), without how it was asked for."""
+        fields = {f: getattr(self, f) for f in RunOptions.__struct_fields__}
+        return RunOptions(**fields)
+
+
+class QueryRequest(RunRequest, forbid_unknown_fields=True, kw_only=True):
     """Runs the agent; without `session_id` a new session is created."""
 
     session_id: UUID | None = None
 
 
-class ResumeRequest(RunOptions, forbid_unknown_fields=True, kw_only=True):
-    """`POST /sessions/{id}/resume`: the query body without `session_id`."""
+class Run(Struct, omit_defaults=False):
+    """One run of a session (SPEC §7), however it was started."""
+
+    id: UUID
+    session_id: UUID
+    status: RunStatus
+    input: dict[str, Any]
+    if_busy: IfBusy
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    instance_id: str | None
+    queue_position: int | None
+    result: dict[str, Any] | None
+    error: RunError | None
+
+
+class RunPage(Struct):
+    items: list[Run]
+    total: int
+    limit: int
+    offset: int
 
 
 class InterruptAccepted(Struct):
@@ -53,11 +100,6 @@ class AnswerRequest(Struct, forbid_unknown_fields=True):
 
 class AnswerDelivered(Struct):
     status: Literal["delivered"]
-
-
-class RunError(Struct):
-    code: str
-    message: str
 
 
 class QueryResult(Struct, omit_defaults=False):

@@ -1,37 +1,45 @@
-"""Run use cases behind the HTTP API: start (query/resume/single), follow, interrupt, answer."""
+"""Run use cases behind the HTTP API: start (stream, single, background), find, wait, cancel, follow,
+interrupt, answer. Every one works from any instance: Postgres says which run is where."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
 import msgspec
 
-from app.agents.base import AgentRequest, AgentRequestError
-from app.domain.runs.manager import RunManager, valkey_unavailable
-from app.domain.runs.schemas import QueryRequest, QueryResult, RunError, RunOptions
+from app.db.models import AgentSession
+from app.domain.runs.errors import no_pending_question, not_running, valkey_unavailable
+from app.domain.runs.manager import RunManager
+from app.domain.runs.schemas import IfBusy, QueryResult, Run, RunError, RunOptions, RunPage
+from app.domain.runs.store import RunStore, Submitted, is_ended
 from app.domain.runs.streams import EventFollower
-from app.domain.sessions.keys import interrupt_key
-from app.domain.sessions.schemas import Session, SessionCreate, Usage
-from app.domain.sessions.services import SessionService
-from app.lib.problems import ApiError
+from app.domain.sessions.reader import SessionReader
+from app.domain.sessions.schemas import Usage
+from app.lib.problems import ApiError, is_valkey_unavailable
 from app.lib.sse import SSEFrame
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.event_log import parse_entry_id
-from app.lib.valkey.keys import scoped_key
+
+logger = logging.getLogger(__name__)
 
 STREAM_START = "0-0"
-
-
-def not_running(session_id: UUID) -> ApiError:
-    return ApiError(409, "NOT_RUNNING", f"Session {session_id} has no active run.", title="Not running")
-
+SESSION_TITLE_CHARS = 80
+WAIT_POLL_SECONDS = 0.25
 
 # Valkey stream ids are two unsigned 64-bit numbers, Postgres keeps them as signed bigints: larger parts are
 # not ids at all (and would fail deep inside the stream, after the 200 went out).
 MAX_EVENT_ID_PART = 2**63 - 1
+
+FrameStream = AsyncIterator[list[SSEFrame] | None]
+
+
+def invalid_event_id(detail: str) -> ApiError:
+    return ApiError(400, "VALIDATION_ERROR", detail, title="Invalid event id")
 
 
 def parse_after(value: str | None) -> str:
@@ -40,168 +48,187 @@ def parse_after(value: str | None) -> str:
     try:
         ms, seq = parse_entry_id(value.strip())
     except ValueError:
-        raise ApiError(
-            400,
-            "VALIDATION_ERROR",
-            "Last-Event-ID / after must be a stream id like 1700000000000-0.",
-            title="Invalid event id",
-        ) from None
+        raise invalid_event_id("Last-Event-ID / after must be a stream id like 1700000000000-0.") from None
     if ms < 0 or seq < 0:
-        raise ApiError(400, "VALIDATION_ERROR", "Event ids are non-negative.", title="Invalid event id")
+        raise invalid_event_id("Event ids are non-negative.")
     if ms > MAX_EVENT_ID_PART or seq > MAX_EVENT_ID_PART:
-        raise ApiError(
-            400,
-            "VALIDATION_ERROR",
-            f"Event id parts must be at most {MAX_EVENT_ID_PART}.",
-            title="Invalid event id",
-        )
+        raise invalid_event_id(f"Event id parts must be at most {MAX_EVENT_ID_PART}.")
     return f"{ms}-{seq}"
 
 
 class RunService:
-    def __init__(self, sessions: SessionService, manager: RunManager, follower: EventFollower) -> None:
-        self.sessions = sessions
+    def __init__(self, reader: SessionReader, manager: RunManager, store: RunStore, follower: EventFollower) -> None:
+        self.reader = reader
         self.manager = manager
+        self.store = store
         self.follower = follower
 
-    async def _require_valkey(self) -> None:
-        try:
-            await self.manager.infra.events.ping()
-        except VALKEY_ERRORS as exc:
-            raise valkey_unavailable() from exc
+    # -- starting ------------------------------------------------------------------------------------
 
-    def _validate(self, options: RunOptions, session: Session | None) -> None:
-        """The backend's own checks (models, tools, ...), before any session, lease or run: 422."""
-        request = AgentRequest(
-            session_id=str(session.id) if session is not None else "",
-            run_id="",
-            prompt=options.prompt,
-            model=options.model or (session.model if session is not None else None),
-            permission_mode=options.permission_mode or (session.permission_mode if session is not None else None),
-            allowed_tools=list(options.allowed_tools or []),
-            disallowed_tools=list(options.disallowed_tools or []),
-            max_turns=options.max_turns,
-            system_prompt=options.system_prompt,
-            output_format=options.output_format,
-            include_partial_messages=options.include_partial_messages,
-        )
-        try:
-            self.manager.backend.validate(request)
-        except AgentRequestError as exc:
-            raise ApiError(422, "VALIDATION_ERROR", str(exc), title="Invalid run options") from exc
-
-    async def start(self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions) -> tuple[Session, UUID]:
+    async def create(
+        self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions, *, if_busy: IfBusy = "reject"
+    ) -> Submitted:
+        """Records and (when its session is free) starts a run; without `session_id` its session is created
+        with it, in one transaction."""
+        new_session: AgentSession | None = None
         if session_id is None:
-            self._validate(options, None)
-        await self._require_valkey()
-        if session_id is None:
-            session = await self.sessions.create_session(
-                owner_key_id,
-                SessionCreate(title=options.prompt[:80], model=options.model, permission_mode=options.permission_mode),
+            self.manager.validate(options, model=None, permission_mode=None)
+            new_session = AgentSession(
+                owner_key_id=owner_key_id,
+                title=options.prompt[:SESSION_TITLE_CHARS],
+                model=options.model,
+                permission_mode=options.permission_mode,
+                tags=[],
+                meta={},
             )
         else:
-            session = await self.sessions.get_session(session_id, owner_key_id)
-            self._validate(options, session)
-        run_id, session = await self.manager.start_run(owner_key_id, session, msgspec.structs.asdict(options))
-        return session, run_id
+            session = await self.reader.get(session_id, owner_key_id)
+            self.manager.validate(options, model=session.model, permission_mode=session.permission_mode)
+        return await self.manager.submit(owner_key_id, session_id, options, if_busy=if_busy, new_session=new_session)
 
-    def stream(
-        self, session_id: UUID, after: str = STREAM_START, run_id: UUID | None = None
-    ) -> AsyncIterator[list[SSEFrame] | None]:
-        return self.follower.follow(session_id, after, run_id=run_id)
+    async def single(
+        self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions, if_busy: IfBusy
+    ) -> QueryResult:
+        """Starts a run and waits for its end; a failed run is the same shape with `is_error` and `error`."""
+        submitted = await self.create(owner_key_id, session_id, options, if_busy=if_busy)
+        run = submitted.run
+        async for batch in self.follower.follow(run.session_id, run.id, STREAM_START):
+            if batch and batch[-1].event == "done":
+                break
+        return query_result(await self.store.get(owner_key_id, run.id))
 
-    async def single(self, owner_key_id: UUID, body: QueryRequest) -> QueryResult:
-        session, run_id = await self.start(owner_key_id, body.session_id, body)
-        result: dict[str, Any] | None = None
-        error: dict[str, Any] | None = None
-        reason = "error"
-        async for batch in self.stream(session.id, STREAM_START):
-            for frame in batch or ():
-                if frame.event not in ("result", "error", "done"):
-                    continue
-                data = msgspec.json.decode(frame.data)
-                if frame.event == "result":
-                    result = data
-                elif frame.event == "error":
-                    error = data
-                else:
-                    reason = data.get("reason", "error")
-        if result is not None and error is None and reason == "completed":
-            return msgspec.convert({**result, "error": None}, QueryResult)
-        if error is None:
-            error = {
-                "code": "AGENT_ERROR" if reason == "error" else "INTERRUPTED",
-                "message": f"The run ended: {reason}.",
-            }
-        base = result or {}
-        return QueryResult(
-            session_id=session.id,
-            run_id=run_id,
-            is_error=True,
-            num_turns=int(base.get("num_turns", 0)),
-            duration_ms=int(base.get("duration_ms", 0)),
-            total_cost_usd=float(base.get("total_cost_usd", 0.0)),
-            usage=msgspec.convert(base.get("usage") or {}, Usage),
-            result=base.get("result"),
-            structured_output=base.get("structured_output"),
-            stop_reason=base.get("stop_reason"),
-            error=RunError(code=str(error.get("code", "AGENT_ERROR")), message=str(error.get("message", ""))),
+    # -- finding -------------------------------------------------------------------------------------
+
+    async def get(self, owner_key_id: UUID, run_id: UUID) -> Run:
+        return await self.store.get(owner_key_id, run_id)
+
+    async def list_for_session(
+        self, owner_key_id: UUID, session_id: UUID, *, statuses: Sequence[str], limit: int, offset: int
+    ) -> RunPage:
+        await self.reader.get(session_id, owner_key_id)  # 404 for another key's session
+        return await self.store.list_for_session(
+            owner_key_id, session_id, statuses=statuses, limit=limit, offset=offset
         )
 
-    async def events(
-        self, owner_key_id: UUID, session_id: UUID, after: str
-    ) -> AsyncIterator[list[SSEFrame] | None] | None:
-        """None when the session never ran (the caller answers 204)."""
-        session = await self.sessions.get_session(session_id, owner_key_id)
-        if session.last_run_at is None:
-            return None
-        await self._require_valkey()
-        row = await self.sessions.load_owned(session_id, owner_key_id)
-        return self.stream(session_id, after, run_id=row.last_run_id)
+    async def wait(self, owner_key_id: UUID, run_id: UUID, timeout: float) -> Run:
+        """The run once it has ended, or as it is when `timeout` seconds have passed."""
+        run = await self.store.get(owner_key_id, run_id)
+        if is_ended(run.status) or timeout <= 0:
+            return run
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                try:
+                    # Woken by the run's own `done`, wherever it runs (the final status is committed before it).
+                    async for batch in self.follower.follow(run.session_id, run.id, STREAM_START):
+                        if batch and batch[-1].event == "done":
+                            break
+                except Exception as exc:
+                    if not is_valkey_unavailable(exc):
+                        raise
+                    # Without Valkey, Postgres alone says when it ends.
+                    while not is_ended(await self.store.status_of(run_id)) and time.monotonic() < deadline:  # noqa: ASYNC110
+                        await asyncio.sleep(WAIT_POLL_SECONDS)
+        return await self.store.get(owner_key_id, run_id)
+
+    # -- following -----------------------------------------------------------------------------------
+
+    async def run_events(self, owner_key_id: UUID, run_id: UUID, after: str = STREAM_START) -> tuple[Run, FrameStream]:
+        run = await self.store.get(owner_key_id, run_id)
+        return run, await self._open(run, after)
+
+    async def session_events(self, owner_key_id: UUID, session_id: UUID, after: str) -> tuple[Run, FrameStream] | None:
+        """The current or last run's events; None when the session never ran (the caller answers 204)."""
+        session = await self.reader.get(session_id, owner_key_id)
+        run_id = session.active_run.run_id if session.active_run is not None else None
+        if run_id is None:
+            if session.last_run_at is None:
+                return None
+            run_id = await self.store.last_started_run(session_id)
+            if run_id is None:
+                return None
+        return await self.run_events(owner_key_id, run_id, after)
+
+    async def _open(self, run: Run, after: str) -> FrameStream:
+        try:
+            await self.manager.require_valkey()
+        except ApiError:
+            if not is_ended(run.status):
+                raise
+            # An ended run is all in Postgres: it replays without Valkey.
+            return self._replay(run, after)
+        # A live run's client cannot hold an id beyond its newest event (an ended run just replays nothing).
+        if after != STREAM_START and run.status == "running":
+            newest = await self.follower.last_event_id(run.session_id, run.id)
+            if newest is None or parse_entry_id(after) > parse_entry_id(newest):
+                raise invalid_event_id(f"Event id {after} is beyond the last event of run {run.id}.")
+        return self.follower.follow(run.session_id, run.id, after)
+
+    async def _replay(self, run: Run, after: str) -> FrameStream:
+        frames = await self.follower.replay_from_db(run.session_id, run.id, after)
+        if frames:
+            yield frames
+
+    # -- reaching the running agent ------------------------------------------------------------------
+
+    async def _active_run_id(self, owner_key_id: UUID, session_id: UUID) -> UUID:
+        session = await self.reader.get(session_id, owner_key_id)
+        if session.active_run is None:
+            raise not_running(session_id)
+        return session.active_run.run_id
 
     async def interrupt(self, owner_key_id: UUID, session_id: UUID) -> UUID:
-        await self.sessions.get_session(session_id, owner_key_id)
-        lease = await self.manager.current_lease(session_id)
-        if lease is None:
-            raise not_running(session_id)
-        if not self.manager.interrupt_local(lease.run_id):
-            infra = self.manager.infra
-            try:
-                await infra.control.publish(
-                    {"type": "interrupt", "session_id": str(session_id), "run_id": str(lease.run_id)},
-                    marker=(interrupt_key(session_id), str(lease.run_id), self.manager.settings.runs.interrupt_ttl),
-                )
-            except VALKEY_ERRORS as exc:
-                raise valkey_unavailable() from exc
-        return lease.run_id
+        await self.manager.require_valkey()
+        run_id = await self._active_run_id(owner_key_id, session_id)
+        await self.manager.interrupt(session_id, run_id)
+        return run_id
+
+    async def cancel(self, owner_key_id: UUID, run_id: UUID) -> tuple[Run, bool]:
+        """(the run, whether it is being interrupted): queued → cancelled at once; running → interrupted;
+        ended → unchanged."""
+        run = await self.store.get(owner_key_id, run_id)
+        if run.status == "queued":
+            if await self.store.cancel_queued(owner_key_id, run_id):
+                return await self.store.get(owner_key_id, run_id), False
+            run = await self.store.get(owner_key_id, run_id)  # it started (or ended) meanwhile
+        if run.status == "running":
+            await self.manager.require_valkey()
+            await self.manager.interrupt(run.session_id, run.id)
+            return run, True
+        return run, False
 
     async def answer(self, owner_key_id: UUID, session_id: UUID, answer: str, question_id: str | None) -> None:
-        await self.sessions.get_session(session_id, owner_key_id)
-        lease = await self.manager.current_lease(session_id)
-        if lease is None:
+        await self.manager.require_valkey()
+        run_id = await self._active_run_id(owner_key_id, session_id)
+        try:
+            outcome = await self.manager.answer(session_id, run_id, answer, question_id)
+        except VALKEY_ERRORS as exc:
+            raise valkey_unavailable() from exc
+        if outcome == "not_running":
             raise not_running(session_id)
-        outcome = await self.manager.answer_local(lease.run_id, answer, question_id)
-        if outcome is None:
-            infra = self.manager.infra
-            reply_key = scoped_key(session_id, f"reply:{secrets.token_hex(8)}")
-            try:
-                await infra.control.publish(
-                    {
-                        "type": "answer",
-                        "session_id": str(session_id),
-                        "run_id": str(lease.run_id),
-                        "answer": answer,
-                        "question_id": question_id,
-                        "reply_key": reply_key,
-                    }
-                )
-                reply = await infra.control.wait_reply(reply_key, self.manager.settings.runs.answer_timeout)
-            except VALKEY_ERRORS as exc:
-                raise valkey_unavailable() from exc
-            if reply is None:
-                raise not_running(session_id)
-            outcome = reply.get("outcome")
         if outcome != "delivered":
-            raise ApiError(
-                409, "NO_PENDING_QUESTION", "The run is not waiting for an answer.", title="No pending question"
-            )
+            raise no_pending_question()
+
+
+def query_result(run: Run) -> QueryResult:
+    """`/query/single`'s answer: the run's `result`, or the same shape with `is_error` and `error`."""
+    base = run.result or {}
+    error = run.error
+    if run.status == "completed" and run.result is not None and error is None:
+        return msgspec.convert({**base, "error": None}, QueryResult)
+    if error is None:
+        code = "AGENT_ERROR" if run.status == "error" else run.status.upper()
+        error = RunError(code=code, message=f"The run ended: {run.status}.")
+    return QueryResult(
+        session_id=run.session_id,
+        run_id=run.id,
+        is_error=True,
+        num_turns=int(base.get("num_turns", 0)),
+        duration_ms=int(base.get("duration_ms", 0)),
+        total_cost_usd=float(base.get("total_cost_usd", 0.0)),
+        usage=msgspec.convert(base.get("usage") or {}, Usage),
+        result=base.get("result"),
+        structured_output=base.get("structured_output"),
+        stop_reason=base.get("stop_reason"),
+        error=error,
+    )

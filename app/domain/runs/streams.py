@@ -1,8 +1,10 @@
-"""`EventFollower`: turns a session's event stream into SSE messages, from any instance.
+"""`EventFollower`: one run's events as SSE frames, from any instance.
 
-Replays what is after the client's last id, then follows live (XREAD BLOCK) until `done`; a `: ping`
-comment goes out after every `SSE_PING_INTERVAL` seconds of silence. If Valkey lost the stream, the
-run's durable events are replayed from Postgres."""
+A session has one Valkey Stream; each entry names its run (`r`). A follower reads the stream after the
+client's last id and keeps only its run's entries, following live (XREAD BLOCK) until that run's `done`. When
+the stream no longer has them (Valkey flushed or restarted, or a later run of the session reset the stream),
+the run's durable events are replayed from Postgres. A `: ping` comment goes out after every `ping_interval`
+seconds without an event of this run (a queued run's stream pings until it starts)."""
 
 from __future__ import annotations
 
@@ -17,25 +19,34 @@ import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import and_, or_, select
 
-from app.db.models import AgentSession, SessionEvent
-from app.domain.sessions.keys import active_key, events_key
-from app.domain.sessions.services import SessionInfra
+from app.db.models import SessionEvent
+from app.domain.runs.store import RunStore, is_ended
+from app.domain.sessions.keys import events_key
 from app.lib import metrics
 from app.lib.problems import is_database_unavailable, is_valkey_unavailable
 from app.lib.sse import SSEFrame
-from app.lib.valkey.event_log import LogEntry, parse_entry_id
+from app.lib.valkey.event_log import EventLog, LogEntry, parse_entry_id
 
 logger = logging.getLogger(__name__)
 
 # How long a follower waits out an unreachable Valkey or Postgres before giving up on the stream.
 MAX_OUTAGE_SECONDS = 30.0
 OUTAGE_RETRY_SECONDS = 0.25
+# An ended run whose `done` is not in Postgres yet (its owner stores it right after appending it).
+DONE_PERSIST_WAIT = 10.0
+READ_COUNT = 500
+
+
+def _later(a: str, b: str) -> bool:
+    return parse_entry_id(a) > parse_entry_id(b)
 
 
 class EventFollower:
-    def __init__(self, infra: SessionInfra, alchemy: SQLAlchemyAsyncConfig, ping_interval: float) -> None:
-        self.infra = infra
+    def __init__(self, events: EventLog, store: RunStore, alchemy: SQLAlchemyAsyncConfig, ping_interval: float) -> None:
+        self.events = events
+        self.store = store
         self.alchemy = alchemy
+        self.ping_interval = ping_interval
         self.ping_ms = max(1, int(ping_interval * 1000))
         # Set when the instance shuts down: streams end where they are (no `done`: the run goes on elsewhere
         # or has ended), and clients rejoin another instance with Last-Event-ID.
@@ -44,14 +55,32 @@ class EventFollower:
     def close(self) -> None:
         self.closing.set()
 
+    async def last_event_id(self, session_id: UUID, run_id: UUID) -> str | None:
+        """The newest id of this run's events anywhere (the stream, else Postgres): a client's
+        `Last-Event-ID` beyond it names no event at all."""
+        newest = await self.events.last_id(events_key(session_id))
+        async with self.alchemy.get_session() as db:
+            row = (
+                await db.execute(
+                    select(SessionEvent.stream_ms, SessionEvent.stream_seq)
+                    .where(SessionEvent.session_id == session_id, SessionEvent.run_id == run_id)
+                    .order_by(SessionEvent.stream_ms.desc(), SessionEvent.stream_seq.desc())
+                    .limit(1)
+                )
+            ).first()
+        durable = f"{row[0]}-{row[1]}" if row is not None else None
+        if newest is None or (durable is not None and _later(durable, newest)):
+            return durable
+        return newest
+
     async def _read(self, key: str, last: str, block_ms: int | None) -> list[LogEntry] | None:
         """The next entries after `last`. Once the follower is closing a read does not block: what is already
         there is still delivered (a drained run's `done`), and None means "nothing more, end the stream"."""
         if block_ms is None:
-            return await self.infra.events.read_after(key, last, count=500)
+            return await self.events.read_after(key, last, count=READ_COUNT)
         if self.closing.is_set():
-            return await self.infra.events.read_after(key, last, count=500) or None
-        read = asyncio.ensure_future(self.infra.events.read_after(key, last, count=500, block_ms=block_ms))
+            return await self.events.read_after(key, last, count=READ_COUNT) or None
+        read = asyncio.ensure_future(self.events.read_after(key, last, count=READ_COUNT, block_ms=block_ms))
         closed = asyncio.ensure_future(self.closing.wait())
         try:
             await asyncio.wait((read, closed), return_when=asyncio.FIRST_COMPLETED)
@@ -63,49 +92,51 @@ class EventFollower:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await read
         if read.cancelled():
-            return await self.infra.events.read_after(key, last, count=500) or None
+            return await self.events.read_after(key, last, count=READ_COUNT) or None
         return read.result()
 
-    async def follow(
-        self, session_id: UUID, after: str, *, run_id: UUID | None = None
-    ) -> AsyncIterator[list[SSEFrame] | None]:
-        """Batches of frames in stream order, ending with the one holding `done`; None means "ping now"."""
+    async def follow(self, session_id: UUID, run_id: UUID, after: str) -> AsyncIterator[list[SSEFrame] | None]:
+        """Batches of this run's frames in stream order, ending with the one holding `done`; None: ping now."""
         metrics.stream_followers.inc()
         try:
-            async for batch in self._follow(session_id, after, run_id):
+            async for batch in self._follow(session_id, run_id, after):
                 yield batch
         finally:
             metrics.stream_followers.dec()
 
-    async def _follow(self, session_id: UUID, after: str, run_id: UUID | None) -> AsyncIterator[list[SSEFrame] | None]:
+    async def _follow(self, session_id: UUID, run_id: UUID, after: str) -> AsyncIterator[list[SSEFrame] | None]:
         key = events_key(session_id)
-        last = after
-        if run_id is not None and not await self.infra.events.exists(key):
-            # Valkey lost the stream (flushed or restarted): replay the durable events from Postgres.
-            replayed = await self._replay_from_db(session_id, run_id, after)
-            if replayed:
-                yield replayed
-                last = replayed[-1].id
-                if replayed[-1].event == "done":
-                    return
-            if await self.infra.lease.get(active_key(session_id)) is None:
-                return
+        run = str(run_id).encode()
+        cursor = after  # where the stream read goes on (entries of any run)
+        delivered = after  # the last of this run's events the client has
         outage_since: float | None = None
-        # The first look does not block: a client rejoining after `done` (an EventSource reconnects on its own)
-        # gets an empty stream at once instead of waiting out a blocking read.
+        last_yield = time.monotonic()
+        # The first look does not block: a client rejoining after `done` gets its end at once.
         block_ms: int | None = None
         while True:
             try:
-                closing = self.closing.is_set()
-                read = await self._read(key, last, block_ms)
-                if read is None:
+                entries = await self._read(key, cursor, block_ms)
+                if entries is None:
                     return  # this instance is shutting down
-                entries = read
-                closing = closing or self.closing.is_set()
-                over = not entries and await self._run_is_over(session_id)
-                if over:
-                    # One last non-blocking look: `done` may have landed after the read ended.
-                    entries = await self.infra.events.read_after(key, last, count=500)
+                mine: list[SSEFrame] = []
+                for entry in entries:
+                    cursor = entry.id
+                    if entry.fields.get("r") != run or not _later(entry.id, delivered):
+                        continue
+                    mine.append(
+                        SSEFrame(
+                            id=entry.id,
+                            event=entry.fields.get("e", b"message").decode(),
+                            data=entry.fields.get("d", b"{}"),
+                        )
+                    )
+                    if mine[-1].event == "done":
+                        break
+                if not mine and is_ended(await self.store.status_of(run_id)):
+                    # Ended, and the stream has nothing more of it: what it missed is in Postgres.
+                    async for batch in self._replay_ended(session_id, run_id, delivered):
+                        yield batch
+                    return
             except Exception as exc:
                 # Valkey or Postgres unreachable for a moment: the run goes on (its writers retry), so the
                 # stream stays open with pings and reads on when they are back, instead of breaking mid-body.
@@ -120,37 +151,51 @@ class EventFollower:
                 yield None
                 continue
             outage_since = None
-            if not entries:
-                if over:
+            block_ms = self.ping_ms
+            if mine:
+                delivered = mine[-1].id
+                last_yield = time.monotonic()
+                yield mine
+                if mine[-1].event == "done":
                     return
-                if block_ms is not None:
-                    yield None  # a blocking read's worth of silence: ping
-                block_ms = self.ping_ms
-                continue
-            batch: list[SSEFrame] = []
-            for entry in entries:
-                frame = SSEFrame(
-                    id=entry.id, event=entry.fields.get("e", b"message").decode(), data=entry.fields.get("d", b"{}")
-                )
-                batch.append(frame)
-                last = entry.id
-                if frame.event == "done":
-                    yield batch
-                    return
-            yield batch
-            if closing:
-                return  # shutting down: what was there is delivered; a run elsewhere goes on without us
+                if self.closing.is_set():
+                    return  # shutting down: what was there is delivered; a run elsewhere goes on without us
+            elif not entries or time.monotonic() - last_yield >= self.ping_interval:
+                last_yield = time.monotonic()
+                yield None  # a blocking read's worth of silence (for this run): ping
 
-    async def _run_is_over(self, session_id: UUID) -> bool:
-        if await self.infra.lease.get(active_key(session_id)) is not None:
-            return False
+    async def _replay_ended(self, session_id: UUID, run_id: UUID, after: str) -> AsyncIterator[list[SSEFrame]]:
+        deadline = time.monotonic() + DONE_PERSIST_WAIT
+        while True:
+            frames = await self.replay_from_db(session_id, run_id, after)
+            if frames:
+                yield frames
+                after = frames[-1].id
+                if frames[-1].event == "done":
+                    return
+            elif await self._has_done(session_id, run_id):
+                return  # the client already had the end
+            if time.monotonic() > deadline:
+                logger.warning("run %s ended but its done never reached Postgres", run_id)
+                return
+            await asyncio.sleep(0.05)
+
+    async def _has_done(self, session_id: UUID, run_id: UUID) -> bool:
         async with self.alchemy.get_session() as db:
-            status = (
-                await db.execute(select(AgentSession.status).where(AgentSession.id == session_id))
-            ).scalar_one_or_none()
-        return status != "running"
+            found = (
+                await db.execute(
+                    select(SessionEvent.id)
+                    .where(
+                        SessionEvent.session_id == session_id,
+                        SessionEvent.run_id == run_id,
+                        SessionEvent.event == "done",
+                    )
+                    .limit(1)
+                )
+            ).first()
+        return found is not None
 
-    async def _replay_from_db(self, session_id: UUID, run_id: UUID, after: str) -> list[SSEFrame]:
+    async def replay_from_db(self, session_id: UUID, run_id: UUID, after: str) -> list[SSEFrame]:
         ms, seq = parse_entry_id(after)
         async with self.alchemy.get_session() as db:
             rows = (
@@ -171,5 +216,4 @@ class EventFollower:
                 .scalars()
                 .all()
             )
-
         return [SSEFrame(id=row.stream_id, event=row.event, data=msgspec.json.encode(row.data)) for row in rows]

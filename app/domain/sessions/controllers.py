@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
+from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
 from app.domain.keys.auth import Principal
 from app.domain.sessions.dependencies import provide_session_reader, provide_session_service
 from app.domain.sessions.reader import SessionReader
@@ -60,12 +61,15 @@ class SessionController(Controller):
         "session_reader": Provide(provide_session_reader, sync_to_thread=False),
     }
 
-    @post("/", status_code=201, summary="Create a session", responses=problem_responses(422))
+    @post(
+        "/", status_code=201, summary="Create a session", responses=problem_responses(422), opt={IDEMPOTENT_OPT: True}
+    )
     async def create_session(
         self,
         request: AuthedRequest,
         session_service: NamedDependency[SessionService],
         data: JSONBody[SessionCreate | None] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Session]:
         # Every member is optional, so no body at all is an empty session, as `{}` is.
         body = data if data is not None else SessionCreate()
@@ -121,13 +125,20 @@ class SessionController(Controller):
     ) -> None:
         await session_service.delete_session(session_id, request.user.key_id)
 
-    @post("/{session_id:uuid}/fork", status_code=201, summary="Fork a session", responses=problem_responses(404, 422))
+    @post(
+        "/{session_id:uuid}/fork",
+        status_code=201,
+        summary="Fork a session",
+        responses=problem_responses(404, 422),
+        opt={IDEMPOTENT_OPT: True},
+    )
     async def fork_session(
         self,
         request: AuthedRequest,
         session_service: NamedDependency[SessionService],
         session_id: FromPath[UUID],
         data: JSONBody[SessionFork | None] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Session]:
         title = data.title if data is not None else None
         return with_etag(await session_service.fork_session(session_id, request.user.key_id, title), 201)

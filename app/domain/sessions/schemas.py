@@ -81,6 +81,8 @@ class Session(Struct):
     updated_at: datetime
     last_run_at: datetime | None
     active_run: ActiveRun | None
+    queued_runs: int = 0
+    """Runs waiting in this session's queue (if_busy=enqueue|interrupt)."""
 
 
 class CachedSessionHeader(Struct):

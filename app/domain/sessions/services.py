@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -13,13 +14,14 @@ from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from msgspec import UNSET
-from sqlalchemy import delete, func, insert, literal, or_, select
+from sqlalchemy import delete, func, insert, literal, or_, select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.agents.base import AgentRequestError
-from app.db.models import AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
+from app.db.models import AgentRun, AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
+from app.domain.runs import control
 from app.domain.sessions.cache import MISS, SessionCache
-from app.domain.sessions.keys import active_key, events_key, interrupt_key, lock_key
+from app.domain.sessions.keys import events_key, interrupt_key, lock_key
 from app.domain.sessions.schemas import (
     ActiveRun,
     MessagePage,
@@ -89,6 +91,17 @@ def to_schema(row: AgentSession) -> Session:
         updated_at=row.updated_at,
         last_run_at=row.last_run_at,
         active_run=active,
+        queued_runs=row.queued_runs or 0,
+    )
+
+
+async def cancel_queued_runs(db: Any, session_id: UUID) -> None:
+    """Inside the caller's transaction (deleting the session): its queued runs never start."""
+    now = datetime.now(UTC)
+    await db.execute(
+        update(AgentRun)
+        .where(AgentRun.session_id == session_id, AgentRun.status == "queued")
+        .values(status="cancelled", ended_at=now, updated_at=now)
     )
 
 
@@ -281,33 +294,24 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 row.permission_mode = data.permission_mode
 
         session = await self.update_fenced(session_id, owner_key_id, mutate, expected_version=expected_version)
-        if data.permission_mode is not UNSET and session.active_run is not None:
-            # The instance running the agent applies it live (see runs.control).
+        if data.permission_mode is not UNSET and data.permission_mode and session.active_run is not None:
+            # The instance running the agent applies it live (its run manager handles the message).
+            message = control.SetPermissionMode(
+                session_id=session_id, run_id=session.active_run.run_id, permission_mode=data.permission_mode
+            )
             with contextlib.suppress(*VALKEY_ERRORS):
-                await self.infra.control.publish(
-                    {
-                        "type": "permission_mode",
-                        "session_id": str(session_id),
-                        "run_id": str(session.active_run.run_id),
-                        "permission_mode": data.permission_mode,
-                    }
-                )
+                await self.infra.control.publish(control.encode(message))
         return session
 
-    async def run_is_active(self, session_id: UUID, row: AgentSession) -> bool:
-        """The lease decides; without Valkey, Postgres's `active_run` does."""
-        try:
-            return await self.infra.lease.get(active_key(session_id)) is not None
-        except VALKEY_ERRORS:
-            return row.active_run_id is not None
-
     async def delete_session(self, session_id: UUID, owner_key_id: UUID) -> None:
-        row = await self.load_owned(session_id, owner_key_id)
-        if await self.run_is_active(session_id, row):
+        # Postgres says whether a run is active (runs start fenced on this row), so the row lock decides.
+        row = await self.load_owned(session_id, owner_key_id, for_update=True)
+        if row.active_run_id is not None:
             raise ApiError(
                 409, "SESSION_BUSY", "The session has an active run; interrupt it first.", title="Session busy"
             )
         db = self.repository.session
+        await cancel_queued_runs(db, session_id)
         await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
         # The agent transcripts this session used go too: its own, and the one it was forked from (kept when its
         # parent was deleted first, for this fork's first run) — each unless another session still needs it.

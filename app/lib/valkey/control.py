@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import msgspec
 from valkey.asyncio import Valkey
 
 from app.lib.valkey.errors import VALKEY_ERRORS
+from app.lib.valkey.keys import scoped_key
 from app.lib.valkey.timeouts import bounded
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# Receives each message's raw bytes; decoding them is the sender's and receiver's business, not the channel's.
+Handler = Callable[[bytes], Awaitable[None]]
 
 
 class ControlChannel:
@@ -31,9 +32,8 @@ class ControlChannel:
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
-    async def publish(self, message: dict[str, Any], *, marker: tuple[str, str, int] | None = None) -> int:
-        """Publishes `message`; with `marker` (key, value, ttl) also sets that key, in the same round trip."""
-        payload = msgspec.json.encode(message)
+    async def publish(self, payload: bytes, *, marker: tuple[str, str, int] | None = None) -> int:
+        """Publishes `payload`; with `marker` (key, value, ttl) also sets that key, in the same round trip."""
         if marker is None:
             async with bounded():
                 receivers: int = await self._client.publish(self.channel, payload)
@@ -46,22 +46,27 @@ class ControlChannel:
             _, receivers = await pipe.execute()
         return int(receivers)
 
-    async def reply(self, reply_key: str, payload: dict[str, Any], ttl: int = 60) -> None:
+    @staticmethod
+    def reply_key(scope: object) -> str:
+        """A fresh key for one reply, in the scope's slot."""
+        return scoped_key(scope, f"reply:{secrets.token_hex(8)}")
+
+    async def reply(self, reply_key: str, payload: bytes, ttl: int = 60) -> None:
         pipe = self._client.pipeline(transaction=True)
-        pipe.lpush(reply_key, msgspec.json.encode(payload))
+        pipe.lpush(reply_key, payload)
         pipe.expire(reply_key, ttl)
         async with bounded():
             await pipe.execute()
 
-    async def wait_reply(self, reply_key: str, timeout: float) -> dict[str, Any] | None:
+    async def wait_reply(self, reply_key: str, timeout: float) -> bytes | None:
         # BLPOP takes whole seconds (0 would mean "forever").
         wait = max(1, round(timeout))
         async with bounded(extra=wait):
             result = await self._blocking.blpop([reply_key], timeout=wait)  # type: ignore[misc]
         if result is None:
             return None
-        decoded: dict[str, Any] = msgspec.json.decode(result[1])
-        return decoded
+        reply: bytes = result[1]
+        return reply
 
     def start(self, handler: Handler) -> None:
         self._task = asyncio.create_task(self._listen(handler), name="control-channel")
@@ -85,10 +90,7 @@ class ControlChannel:
                     message = await pubsub.get_message(timeout=None)
                     if message is None or message.get("type") != "message":
                         continue
-                    try:
-                        payload = msgspec.json.decode(message["data"])
-                    except msgspec.DecodeError:
-                        continue
+                    payload = message["data"]
                     # Handlers are quick (they signal local tasks); run them inline to keep order.
                     try:
                         await handler(payload)
@@ -111,10 +113,6 @@ class SignalMarker:
 
     def __init__(self, client: Valkey) -> None:
         self._client = client
-
-    async def set(self, key: str, value: str, ttl: int) -> None:
-        async with bounded():
-            await self._client.set(key, value, ex=ttl)
 
     async def get(self, key: str) -> str | None:
         async with bounded():

@@ -44,6 +44,11 @@ class RunLease:
         async with bounded():
             return bool(await self._client.set(key, token, nx=True, px=self.ttl_ms))
 
+    async def take(self, key: str, token: bytes) -> None:
+        """Sets the lease whoever holds it: only for an owner that Postgres already made the owner."""
+        async with bounded():
+            await self._client.set(key, token, px=self.ttl_ms)
+
     async def get(self, key: str) -> bytes | None:
         async with bounded():
             value: bytes | None = await self._client.get(key)
