@@ -68,10 +68,11 @@ async def test_killed_instance_run_is_reaped_and_session_resumes(
         doomed.kill()
 
 
-async def test_resume_right_after_lease_lapse_closes_the_lost_run(
+async def test_a_dead_owners_session_is_busy_until_reaped_never_run_twice(
     servers: TestServers, instance_factory: InstanceFactory, api_key: str, tmp_path: Path, valkey: Any
 ) -> None:
-    """A new run that wins the lease before any reaper ran still ends the lost run's stream first."""
+    """The lease lapsing is not enough to start a new run: Postgres still has the lost run active until a
+    reaper ends it (with `error RUN_LOST` and `done`), so no second run overlaps it."""
     doomed = GranianProcess.start(servers, "doomed2", tmp_path, **FAST_LEASE)
     other = await instance_factory("other", runs__reaper_interval=3600)
     try:
@@ -82,7 +83,7 @@ async def test_resume_right_after_lease_lapse_closes_the_lost_run(
             sid = (await co.post("/api/v1/sessions", json={})).json()["id"]
             async with cd.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 60"}) as resp:
                 async for ev in iter_sse(resp):
-                    if ev.event == "message":
+                    if ev.event == "message" and ev.data["role"] == "assistant":
                         break
                 doomed.kill()
 
@@ -90,6 +91,10 @@ async def test_resume_right_after_lease_lapse_closes_the_lost_run(
                 return not await valkey.exists(f"agentapi:{{{sid}}}:active")
 
             await wait_for(lease_gone, timeout=10, what="the lease to lapse")
+            busy = await co.post(f"/api/v1/sessions/{sid}/resume", json={"prompt": "fresh"})
+            assert busy.status_code == 409 and busy.json()["code"] == "SESSION_BUSY"
+            # A reaper (here: the other instance's, run once by hand) ends the lost run; then the session runs.
+            await wait_for(other.app.state["run_reaper"].sweep, timeout=20, interval=0.2, what="the lost run reaped")
             async with co.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "fresh"}) as resp2:
                 assert resp2.status_code == 200
                 fresh = await collect_sse(resp2)

@@ -133,9 +133,7 @@ async def test_cancel_running_queued_and_ended(a: Instance, b: Instance, api_key
         assert [r["id"] for r in runs["items"]] == [queued["id"]]
 
 
-async def test_enqueue_from_both_instances_runs_one_at_a_time_in_order(
-    a: Instance, b: Instance, api_key: str
-) -> None:
+async def test_enqueue_from_both_instances_runs_one_at_a_time_in_order(a: Instance, b: Instance, api_key: str) -> None:
     async with a.client(api_key) as ca, b.client(api_key) as cb:
         sid = await new_session(ca)
         # Long enough that all twenty are queued before it ends (then their positions are 1..20).

@@ -19,7 +19,7 @@ from app.domain.runs import control
 from app.domain.runs.errors import invalid_run_options, shutting_down, valkey_unavailable
 from app.domain.runs.lease import LeaseValue, decode_lease, encode_lease
 from app.domain.runs.live import LiveRun
-from app.domain.runs.recorder import EventRecorder
+from app.domain.runs.recorder import EventPersister, EventRecorder
 from app.domain.runs.schemas import IfBusy, RunOptions
 from app.domain.runs.store import RunStore, StartedRun, Submitted
 from app.domain.sessions.keys import active_key, events_key, interrupt_key
@@ -86,6 +86,7 @@ class RunManager:
         self.backend = backend
         self.instance_id = settings.app.instance_id
         self.runs: dict[UUID, LiveRun] = {}
+        self.persister = EventPersister(store.alchemy)
         self.draining = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -112,6 +113,7 @@ class RunManager:
         """After `drain`: stop listening for control messages and close the backend."""
         await self.channel.stop()
         await self.backend.aclose()
+        await self.persister.aclose()
 
     # -- checks before anything is written -----------------------------------------------------------
 
@@ -221,7 +223,7 @@ class RunManager:
             ),
             recorder=EventRecorder(
                 self.events,
-                self.store.alchemy,
+                self.persister,
                 session_id=started.session_id,
                 run_id=started.run_id,
                 stream_key=events_key(started.session_id),

@@ -1,12 +1,15 @@
 """`EventRecorder`: a run's events go to the session's Valkey Stream (live, ordered, ids) and then, all
 but `partial`, to Postgres (durable, for /messages, fork and replay after Valkey loses the stream).
 
-Two stages so a slow database never delays the live stream; each stage writes in batches, so a burst
-costs one round trip per batch rather than per event."""
+Two stages so a slow database never delays the live stream. The stream stage is per run (one pipelined XADD
+per batch); the Postgres stage is one `EventPersister` per instance that writes every run's pending events in
+one INSERT per batch: a thousand live runs cost a few transactions a second, not thousands, and no run
+holds a database connection while its agent works."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +17,11 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 
-from app.db.models import SessionEvent
+from app.db.models import AgentSession, SessionEvent
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.event_log import EventLog, parse_entry_id
 
@@ -34,16 +39,14 @@ def stream_fields(event: str, data: dict[str, Any] | bytes, run_id: UUID | str) 
     return {"e": event, "d": payload, "r": str(run_id)}
 
 
-async def persist_events(
-    alchemy: SQLAlchemyAsyncConfig, session_id: UUID, rows: list[tuple[str, str, bytes, UUID]]
-) -> None:
-    """Inserts (stream id, event, data JSON, run id) rows; replays of the same id are ignored."""
-    durable = [r for r in rows if r[1] not in NON_DURABLE]
-    if not durable:
-        return
-    now = datetime.now(UTC)
+Row = tuple[str, str, bytes, UUID]  # (stream id, event, data JSON, run id)
+
+
+def _values(session_id: UUID, rows: list[Row], now: datetime) -> list[dict[str, Any]]:
     values = []
-    for entry_id, event, data, run_id in durable:
+    for entry_id, event, data, run_id in rows:
+        if event in NON_DURABLE:
+            continue
         ms, seq = parse_entry_id(entry_id)
         values.append(
             {
@@ -57,39 +60,112 @@ async def persist_events(
                 "updated_at": now,
             }
         )
-    stmt = pg_insert(SessionEvent).on_conflict_do_nothing(index_elements=["session_id", "stream_ms", "stream_seq"])
-    async with alchemy.get_session() as db:
-        await db.execute(stmt, values)
-        await db.commit()
+    return values
+
+
+_INSERT = pg_insert(SessionEvent).on_conflict_do_nothing(index_elements=["session_id", "stream_ms", "stream_seq"])
+
+
+async def persist_events(alchemy: SQLAlchemyAsyncConfig, session_id: UUID, rows: list[Row]) -> None:
+    """Inserts one session's rows; replays of the same id are ignored."""
+    values = _values(session_id, rows, datetime.now(UTC))
+    if values:
+        async with alchemy.get_session() as db:
+            await db.execute(_INSERT, values)
+            await db.commit()
+
+
+class EventPersister:
+    """Writes the pending events of every recorder on this instance to Postgres, many runs per INSERT."""
+
+    def __init__(self, alchemy: SQLAlchemyAsyncConfig) -> None:
+        self.alchemy = alchemy
+        self._dirty: dict[int, EventRecorder] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, recorder: EventRecorder) -> None:
+        self._dirty[id(recorder)] = recorder
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="event-persister")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _loop(self) -> None:
+        delay = 0.1
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._dirty:
+                taken: list[tuple[EventRecorder, int]] = []
+                values: list[dict[str, Any]] = []
+                now = datetime.now(UTC)
+                for recorder in list(self._dirty.values()):
+                    if len(values) >= MAX_BATCH:
+                        break
+                    rows = recorder.to_db[: MAX_BATCH - len(values)]
+                    taken.append((recorder, len(rows)))
+                    values.extend(_values(recorder.session_id, rows, now))
+                try:
+                    await self._insert(values)
+                except Exception:
+                    logger.warning("could not persist events, retrying", exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                delay = 0.1
+                for recorder, count in taken:
+                    recorder.persisted(count)
+                    if not recorder.to_db:
+                        self._dirty.pop(id(recorder), None)
+
+    async def _insert(self, values: list[dict[str, Any]]) -> None:
+        if not values:
+            return
+        try:
+            async with self.alchemy.get_session() as db:
+                await db.execute(_INSERT, values)
+                await db.commit()
+        except IntegrityError:
+            # A session deleted just after its run ended (its last rows have nowhere to go): drop those rows,
+            # keep everyone else's.
+            sessions = {v["session_id"] for v in values}
+            async with self.alchemy.get_session() as db:
+                alive = set((await db.execute(select(AgentSession.id).where(AgentSession.id.in_(sessions)))).scalars())
+                kept = [v for v in values if v["session_id"] in alive]
+                if kept:
+                    await db.execute(_INSERT, kept)
+                await db.commit()
 
 
 class EventRecorder:
     def __init__(
-        self, events: EventLog, alchemy: SQLAlchemyAsyncConfig, *, session_id: UUID, run_id: UUID, stream_key: str
+        self, events: EventLog, persister: EventPersister, *, session_id: UUID, run_id: UUID, stream_key: str
     ) -> None:
         self._events = events
-        self._alchemy = alchemy
+        self._persister = persister
         self.session_id = session_id
         self.run_id = run_id
         self.stream_key = stream_key
         self._to_stream: list[tuple[str, bytes]] = []
-        self._to_db: list[tuple[str, str, bytes, UUID]] = []
+        self.to_db: list[Row] = []
         self._stream_wakeup = asyncio.Event()
-        self._db_wakeup = asyncio.Event()
         self._stream_idle = asyncio.Event()
         self._db_idle = asyncio.Event()
         self._stream_idle.set()
         self._db_idle.set()
         self._room = asyncio.Event()
         self._room.set()
-        self._tasks = [
-            asyncio.create_task(self._stream_writer(), name=f"stream-writer-{run_id}"),
-            asyncio.create_task(self._db_writer(), name=f"db-writer-{run_id}"),
-        ]
+        self._tasks = [asyncio.create_task(self._stream_writer(), name=f"stream-writer-{run_id}")]
 
     @property
     def pending(self) -> int:
-        return len(self._to_stream) + len(self._to_db)
+        return len(self._to_stream) + len(self.to_db)
 
     async def add(self, event: str, data: dict[str, Any]) -> None:
         """Queues an event for the stream (then Postgres); waits while the backlog is full."""
@@ -106,9 +182,20 @@ class EventRecorder:
 
     def queue_for_database(self, entry_id: str, event: str, data: bytes) -> None:
         """Queues an entry that reached the stream by another path (e.g. `done`) for Postgres."""
-        self._to_db.append((entry_id, event, data, self.run_id))
+        self._queue_rows([(entry_id, event, data, self.run_id)])
+
+    def _queue_rows(self, rows: list[Row]) -> None:
+        self.to_db.extend(rows)
         self._db_idle.clear()
-        self._db_wakeup.set()
+        self._persister.mark(self)
+
+    def persisted(self, count: int) -> None:
+        """The persister wrote the first `count` queued rows."""
+        del self.to_db[:count]
+        if self.pending < MAX_PENDING:
+            self._room.set()
+        if not self.to_db:
+            self._db_idle.set()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Waits until every event added so far is in the stream and in Postgres."""
@@ -116,7 +203,7 @@ class EventRecorder:
             async with asyncio.timeout(timeout):
                 while self._to_stream or not self._stream_idle.is_set():
                     await self._stream_idle.wait()
-                while self._to_db or not self._db_idle.is_set():
+                while self.to_db or not self._db_idle.is_set():
                     await self._db_idle.wait()
         except TimeoutError:
             logger.error("run %s: event writers did not drain within %ss", self.run_id, timeout)
@@ -144,27 +231,5 @@ class EventRecorder:
                     continue
                 delay = 0.05
                 del self._to_stream[: len(batch)]
-                self._to_db.extend((i, ev, data, self.run_id) for i, (ev, data) in zip(ids, batch, strict=True))
-                self._db_idle.clear()
-                self._db_wakeup.set()
+                self._queue_rows([(i, ev, data, self.run_id) for i, (ev, data) in zip(ids, batch, strict=True)])
             self._stream_idle.set()
-
-    async def _db_writer(self) -> None:
-        delay = 0.1
-        while True:
-            await self._db_wakeup.wait()
-            self._db_wakeup.clear()
-            while self._to_db:
-                batch = self._to_db[:MAX_BATCH]
-                try:
-                    await persist_events(self._alchemy, self.session_id, batch)
-                except Exception:
-                    logger.warning("run %s: could not persist events, retrying", self.run_id, exc_info=True)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                delay = 0.1
-                del self._to_db[: len(batch)]
-                if self.pending < MAX_PENDING:
-                    self._room.set()
-            self._db_idle.set()
