@@ -4,6 +4,7 @@ and the Postgres fence on run starts, across two instances on real Postgres and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from typing import Any
 
@@ -151,7 +152,7 @@ async def test_enqueue_from_both_instances_runs_one_at_a_time_in_order(a: Instan
         assert all(r["status"] == "completed" for r in finals), [r["status"] for r in finals]
         # Never two at once, each exactly once, in queue order.
         by_start = sorted(finals, key=lambda r: r["started_at"])
-        for prev, nxt in zip(by_start, by_start[1:], strict=False):
+        for prev, nxt in itertools.pairwise(by_start):
             assert prev["ended_at"] <= nxt["started_at"], (prev, nxt)
         order = {r["id"]: r["queue_position"] for r in queued}
         started_order = [r["id"] for r in by_start[1:]]
@@ -319,7 +320,7 @@ async def test_valkey_flush_never_lets_a_second_run_start(
             assert names.count("done") == 1 and names[-1] == "done", (attempt, names)
             assert rest[-1].data == {"reason": "completed"}, attempt
 
-            async def persisted() -> list[dict[str, Any]]:
+            async def persisted(sid: str = sid) -> list[dict[str, Any]]:
                 page = await cb.get(f"/api/v1/sessions/{sid}/messages", params={"limit": 1000})
                 found: list[dict[str, Any]] = page.json()["items"]
                 return found if found and found[-1]["event"] == "done" else []
