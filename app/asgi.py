@@ -115,7 +115,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             markers=infra.markers,
             backend=backend,
         )
-        self.follower = EventFollower(infra.events, store, self.alchemy, settings.runs.ping_interval)
+        self.follower = EventFollower(infra.events, infra.lease, store, self.alchemy, settings.runs.ping_interval)
         self.presence = InstancePresence(
             clients.main,
             settings.app.instance_id,

@@ -64,6 +64,8 @@ class Chaos:
     recovery_s: dict[str, float] = field(default_factory=dict)
     interrupt_ms: dict[str, list[float]] = field(default_factory=dict)  # phase -> interrupt B -> done on A
     instances: list[str] = field(default_factory=list)
+    enqueued: dict[str, set[str]] = field(default_factory=dict)  # Idempotency-Key -> run ids it answered with
+    enqueue_sessions: set[str] = field(default_factory=set)
 
     def record(self, op: str, outcome: str, detail: str = "") -> None:
         self.operations[op] += 1
@@ -177,6 +179,41 @@ async def runner(chaos: Chaos, key: str, prompt: str) -> None:
                 chaos.record("run", f"transport {type(exc).__name__}")
                 chaos.run_ends[f"stream broken ({chaos.phase})"] += 1
             await asyncio.sleep(0.02)
+
+
+async def enqueuer(chaos: Chaos, key: str) -> None:
+    """Queues background runs (if_busy=enqueue) on one session, each with an Idempotency-Key, and retries the
+    very same request through every fault until it is accepted: one key must always mean one run."""
+    async with chaos.client(key) as client:
+        sid: str | None = None
+        n = 0
+        while not chaos.stop:
+            if sid is None:
+                resp = await guarded(chaos, "create", lambda: client.post(chaos.base() + API, json={"title": "queue"}))
+                if resp is None or resp.status_code != 201:
+                    await asyncio.sleep(0.1)
+                    continue
+                sid = resp.json()["id"]
+                chaos.created[sid] = "queue"
+                chaos.enqueue_sessions.add(sid)
+            n += 1
+            idem = f"chaos-{sid}-{n}"
+            body = {"prompt": random.choice(["sleep 0.3", "hello queue"]), "if_busy": "enqueue"}
+            for _attempt in range(200):
+                resp = await guarded(
+                    chaos,
+                    "enqueue",
+                    lambda sid=sid, body=body, idem=idem: client.post(
+                        f"{chaos.base()}{API}/{sid}/runs", json=body, headers={"Idempotency-Key": idem}
+                    ),
+                )
+                if resp is not None and resp.status_code == 202:
+                    chaos.enqueued.setdefault(idem, set()).add(resp.json()["id"])
+                    break
+                if resp is not None and resp.status_code == 409 and resp.json().get("code") == "QUEUE_FULL":
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
 
 
 async def interrupter(chaos: Chaos, key: str) -> None:
@@ -296,6 +333,7 @@ async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
             asyncio.create_task(runner(chaos, key, "sleep 0.5")),
             asyncio.create_task(runner(chaos, key, "sleep 0.5")),
             asyncio.create_task(interrupter(chaos, key)),
+            asyncio.create_task(enqueuer(chaos, key)),
         ]
         await asyncio.sleep(2)  # steady load before the first fault
 
@@ -370,6 +408,39 @@ async def test_chaos(servers: TestServers, tmp_path: Path) -> None:
             return page["total"] == 0
 
         chaos.recovery_s["after the load: no session running"] = await until(none_running, "no session running")
+
+        # Every Idempotency-Key answered with one run; every accepted run ended, and ran at most once.
+        twice = {k: v for k, v in chaos.enqueued.items() if len(v) != 1}
+        assert not twice, twice
+        accepted = {next(iter(v)) for v in chaos.enqueued.values()}
+
+        async def queues_drained() -> bool:
+            async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=TIMEOUT) as client:
+                for sid in chaos.enqueue_sessions:
+                    page = (await client.get(f"{a.base_url}{API}/{sid}/runs", params={"limit": 100})).json()
+                    if any(r["status"] in ("queued", "running") for r in page["items"]):
+                        return False
+            return True
+
+        chaos.recovery_s["after the load: every queue drained"] = await until(queues_drained, "queues drained", 90)
+        async with httpx.AsyncClient(headers={"X-API-Key": key}, timeout=TIMEOUT) as client:
+            seen_runs: dict[str, str] = {}
+            for sid in chaos.enqueue_sessions:
+                offset = 0
+                while True:
+                    page = (
+                        await client.get(f"{a.base_url}{API}/{sid}/runs", params={"limit": 100, "offset": offset})
+                    ).json()
+                    seen_runs.update({r["id"]: r["status"] for r in page["items"]})
+                    offset += 100
+                    if offset >= page["total"]:
+                        break
+                events = (await client.get(f"{a.base_url}{API}/{sid}/messages", params={"limit": 1000})).json()["items"]
+                dones = Counter(m["run_id"] for m in events if m["event"] == "done")
+                assert all(c == 1 for c in dones.values()), dones
+        missing = accepted - set(seen_runs)
+        assert not missing, missing
+        chaos.run_ends.update(f"enqueued {status}" for rid, status in seen_runs.items() if rid in accepted)
 
         # Every acknowledged write is in Postgres: read past the cache by flushing it first.
         await servers_flush_valkey(servers)

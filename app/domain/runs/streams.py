@@ -20,12 +20,14 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import and_, or_, select
 
 from app.db.models import SessionEvent
+from app.domain.runs.lease import decode_lease
 from app.domain.runs.store import RunStore, is_ended
-from app.domain.sessions.keys import events_key
+from app.domain.sessions.keys import active_key, events_key
 from app.lib import metrics
 from app.lib.problems import is_database_unavailable, is_valkey_unavailable
 from app.lib.sse import SSEFrame
 from app.lib.valkey.event_log import EventLog, LogEntry, parse_entry_id
+from app.lib.valkey.lease import RunLease
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +44,11 @@ def _later(a: str, b: str) -> bool:
 
 
 class EventFollower:
-    def __init__(self, events: EventLog, store: RunStore, alchemy: SQLAlchemyAsyncConfig, ping_interval: float) -> None:
+    def __init__(
+        self, events: EventLog, lease: RunLease, store: RunStore, alchemy: SQLAlchemyAsyncConfig, ping_interval: float
+    ) -> None:
         self.events = events
+        self.lease = lease
         self.store = store
         self.alchemy = alchemy
         self.ping_interval = ping_interval
@@ -132,7 +137,7 @@ class EventFollower:
                     )
                     if mine[-1].event == "done":
                         break
-                if not mine and is_ended(await self.store.status_of(run_id)):
+                if not mine and await self._has_ended(session_id, run_id):
                     # Ended, and the stream has nothing more of it: what it missed is in Postgres.
                     async for batch in self._replay_ended(session_id, run_id, delivered):
                         yield batch
@@ -163,6 +168,13 @@ class EventFollower:
             elif not entries or time.monotonic() - last_yield >= self.ping_interval:
                 last_yield = time.monotonic()
                 yield None  # a blocking read's worth of silence (for this run): ping
+
+    async def _has_ended(self, session_id: UUID, run_id: UUID) -> bool:
+        """While its lease names it the run is live (no database query); otherwise Postgres decides."""
+        lease = decode_lease(await self.lease.get(active_key(session_id)))
+        if lease is not None and lease.run_id == run_id:
+            return False
+        return is_ended(await self.store.status_of(run_id))
 
     async def _replay_ended(self, session_id: UUID, run_id: UUID, after: str) -> AsyncIterator[list[SSEFrame]]:
         deadline = time.monotonic() + DONE_PERSIST_WAIT
