@@ -40,6 +40,9 @@ from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
+from app.domain.webhooks.controllers import WebhookEndpointController
+from app.domain.webhooks.delivery import WebhookDispatcher
+from app.domain.webhooks.schemas import WebhookEndpointCreate
 from app.lib import docs, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
@@ -53,7 +56,15 @@ from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 from app.lib.valkey.versioned_cache import VersionedCache
 
 # Request bodies whose OpenAPI schema is made as strict as their validators (see app.lib.openapi).
-REQUEST_BODIES = (SessionCreate, SessionUpdate, SessionFork, QueryRequest, ResumeRequest, AnswerRequest)
+REQUEST_BODIES = (
+    SessionCreate,
+    SessionUpdate,
+    SessionFork,
+    QueryRequest,
+    ResumeRequest,
+    AnswerRequest,
+    WebhookEndpointCreate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +112,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         self.run_manager = RunManager(settings, infra, self.alchemy, backend)
         self.follower = EventFollower(infra, self.alchemy, settings.runs.ping_interval)
         self.reaper = RunReaper(settings, infra, self.alchemy)
+        self.webhooks = WebhookDispatcher(settings, self.alchemy)
         self.warmer = CacheWarmer(
             infra.cache,
             self.alchemy,
@@ -133,6 +145,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
     async def start_background_work(self) -> None:
         await self.run_manager.start_listening()
         self.reaper.start()
+        self.webhooks.start()
         # In the background: readiness never waits for it.
         self.warmer.start()
 
@@ -147,6 +160,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         await self.reaper.stop()
         await self.drain()  # at once if SIGTERM already drained (app.lib.worker_signals)
         await self.run_manager.close()
+        await self.webhooks.stop()  # after the runs: their final events are in the outbox, any instance sends them
 
     async def prepare_database(self) -> None:
         if self.settings.db.migrate_on_startup:
@@ -222,6 +236,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             SessionController,
             RunController,
+            WebhookEndpointController,
             MetricsController,
             docs.swagger_assets_router(),
         ],

@@ -3,5 +3,14 @@ from app.db.models.api_key import ApiKey
 from app.db.models.session import AgentSession
 from app.db.models.session_event import SessionEvent
 from app.db.models.transcript import TranscriptEntry
+from app.db.models.webhook import WebhookDelivery, WebhookEndpoint
 
-__all__ = ("AgentSession", "AgentTranscriptEntry", "ApiKey", "SessionEvent", "TranscriptEntry")
+__all__ = (
+    "AgentSession",
+    "AgentTranscriptEntry",
+    "ApiKey",
+    "SessionEvent",
+    "TranscriptEntry",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+)

@@ -17,6 +17,7 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from sqlalchemy.ext.asyncio import async_object_session
 from uuid_utils.compat import uuid7
 
 from app.agents.base import AgentBackend, AgentRequest, AgentRun, AnswerOutcome
@@ -27,6 +28,7 @@ from app.domain.runs.recorder import EventRecorder, stream_fields
 from app.domain.sessions.keys import active_key, events_key, interrupt_key
 from app.domain.sessions.schemas import Session
 from app.domain.sessions.services import SessionInfra, SessionService
+from app.domain.webhooks import outbox as webhook_outbox
 from app.lib import metrics
 from app.lib.logging import bind_log_context, log_context
 from app.lib.problems import ApiError
@@ -314,6 +316,13 @@ class RunManager:
                 elif event.event == "done":
                     continue  # only the run manager ends a stream
                 run.recorder.add(event.event, data)
+                if event.event == "question":  # WEBHOOKS HOOK (provisional; moves to the Run code): run.waiting
+                    await webhook_outbox.enqueue_in_own_transaction(
+                        self.alchemy,
+                        owner_key_id=run.owner_key_id,
+                        event_type="run.waiting",
+                        run=webhook_outbox.provisional_run(run.run_id, run.session_id, "running"),
+                    )
         except Exception as exc:
             logger.exception("agent of run %s raised", run.run_id)
             run.recorder.add("error", {"code": "AGENT_ERROR", "message": str(exc) or type(exc).__name__})
@@ -364,8 +373,22 @@ class RunManager:
             row.input_tokens += stats.input_tokens
             row.output_tokens += stats.output_tokens
 
+        # WEBHOOKS HOOK (provisional; moves to the Run code): the run's webhook event joins the outbox in the
+        # transaction that commits its final status.
+        async def finish_and_notify(row: AgentSession) -> None:
+            mark_finished(row)
+            db = async_object_session(row)
+            assert db is not None
+            with db.no_autoflush:
+                await webhook_outbox.enqueue_run_event(
+                    db,
+                    owner_key_id=run.owner_key_id,
+                    event_type=webhook_outbox.RUN_EVENT_BY_REASON[reason],
+                    run=webhook_outbox.provisional_run(run.run_id, run.session_id, status),
+                )
+
         await asyncio.gather(
-            self._retry("commit final status", lambda: self._update(run, mark_finished)), run.recorder.drain()
+            self._retry("commit final status", lambda: self._update(run, finish_and_notify)), run.recorder.drain()
         )
         # Counted before `done` goes out, so a client that saw `done` sees the metrics too.
         metrics.active_runs.dec()
