@@ -143,7 +143,7 @@ class WebhookSettings:
     """Deliveries in flight at once to one endpoint, across all instances."""
     poll_interval: float = field(default_factory=lambda: _env_float("WEBHOOK_POLL_INTERVAL", 1.0))
     claim_lease: float = field(default_factory=lambda: _env_float("WEBHOOK_CLAIM_LEASE", 60.0))
-    """How long a claimed delivery is reserved for its instance; at least WEBHOOK_TIMEOUT + 10 s is used."""
+    """How long a claimed delivery is reserved for its instance; at least WEBHOOK_TIMEOUT + 5 s is used."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Claiming: one statement locks endpoints that have due deliveries (`FOR NO KEY UPDATE SKIP LOCKED`, so two
 claimers never pick work of one endpoint at once) and marks up to WEBHOOK_ENDPOINT_CONCURRENCY of their due rows
 (minus those already in flight anywhere) with this instance's claim token and a lease (`claimed_until`). A
-claim outlives every attempt it covers (lease >= timeout + 10 s, and an attempt that could not finish within
+claim outlives every attempt it covers (lease >= timeout + 5 s, and an attempt that could not finish within
 its lease is not started), so no delivery is ever attempted by two instances at once; a dead claimer's rows
 become due again when their lease ends. Results are written fenced on the claim token.
 
@@ -162,7 +162,7 @@ class WebhookDispatcher:
         self.connect_timeout = settings.db.connect_timeout
         self.alchemy = alchemy
         self.instance_id = settings.app.instance_id
-        self.lease = max(self.cfg.claim_lease, self.cfg.timeout + 10.0)
+        self.lease = max(self.cfg.claim_lease, self.cfg.timeout + 5.0)
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claimed] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -286,7 +286,7 @@ class WebhookDispatcher:
     # -- delivering ------------------------------------------------------------------------------------
 
     async def _deliver(self, item: Claimed) -> None:
-        if time.monotonic() - item.claimed_at > self.lease - self.cfg.timeout - 5.0:
+        if time.monotonic() - item.claimed_at > self.lease - self.cfg.timeout - 2.0:
             # Too late to finish within the claim: another instance may take it over meanwhile.
             await self._release(item)
             return

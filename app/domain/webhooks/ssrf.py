@@ -27,6 +27,8 @@ class RefusedWebhookUrl(ValueError):
 
 
 def parse_url(raw: str) -> httpx.URL:
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in raw):
+        raise InvalidWebhookUrl("a URL has no spaces or control characters (percent-encode them)")
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
@@ -35,10 +37,8 @@ def parse_url(raw: str) -> httpx.URL:
         raise RefusedWebhookUrl(f"only http and https URLs are allowed, not {url.scheme or 'a relative URL'!r}")
     if not url.host:
         raise InvalidWebhookUrl("the URL has no host")
-    try:
-        _ = url.port
-    except ValueError as exc:
-        raise InvalidWebhookUrl(f"invalid port: {exc}") from exc
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InvalidWebhookUrl(f"invalid port {url.port}")
     return url
 
 
