@@ -60,6 +60,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)

@@ -222,11 +222,12 @@ class WebhookDispatcher:
             try:
                 free = self.cfg.concurrency - len(self._inflight)
                 if free > 0:
-                    claimed, next_due = await self.claim(free)
+                    claimed = await self.claim(free)
                     for item in claimed:
                         task = asyncio.create_task(self._deliver(item), name=f"webhook-{item.id}")
                         self._inflight[task] = item
                         task.add_done_callback(self._done)
+                    next_due = await self.next_due()  # after the attempts are under way
                     if next_due is not None:
                         if next_due > 0:
                             delay = min(delay, next_due)
@@ -247,8 +248,8 @@ class WebhookDispatcher:
         self._inflight.pop(task, None)
         self._wake.set()
 
-    async def claim(self, free: int) -> tuple[list[Claimed], float | None]:
-        """Claims up to `free` due deliveries; also returns seconds until the next unclaimed one is due."""
+    async def claim(self, free: int) -> list[Claimed]:
+        """Claims up to `free` due deliveries."""
         token = uuid4()
         started = time.monotonic()
         async with self.alchemy.get_session() as db:
@@ -265,9 +266,7 @@ class WebhookDispatcher:
                 )
             ).all()
             await db.commit()
-            next_due = (await db.execute(NEXT_DUE_SQL)).scalar_one_or_none()
-            await db.commit()
-        claimed = [
+        return [
             Claimed(
                 id=row.id,
                 event_id=row.event_id,
@@ -281,7 +280,13 @@ class WebhookDispatcher:
             )
             for row in rows
         ]
-        return claimed, float(next_due) if next_due is not None else None
+
+    async def next_due(self) -> float | None:
+        """Seconds until the next unclaimed pending delivery is due (<= 0: due now); None: there is none."""
+        async with self.alchemy.get_session() as db:
+            value = (await db.execute(NEXT_DUE_SQL)).scalar_one_or_none()
+            await db.commit()
+        return float(value) if value is not None else None
 
     # -- delivering ------------------------------------------------------------------------------------
 
