@@ -421,7 +421,8 @@ async def test_two_instances_never_deliver_one_event_at_once(
     """Many events, slow and flaky receivers, two delivering instances: every event is
     delivered, no webhook-id is ever in flight twice, and every request the receiver saw is an attempt the
     outbox counted (no duplicate claim)."""
-    options = {**FAST, "webhooks__retry_initial_delay": 0.1, "webhooks__timeout": 1.0}
+    # A timeout long enough that every attempt reaches the receiver, even on a loaded machine.
+    options = {**FAST, "webhooks__retry_initial_delay": 0.1, "webhooks__timeout": 5.0}
     a = await instance_factory("ca", **options)
     await instance_factory("cb", **options)
     key = await create_api_key(servers)
