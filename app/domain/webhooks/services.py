@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 from uuid import UUID
 
@@ -29,6 +30,7 @@ from app.domain.webhooks.signing import new_secret
 from app.lib.problems import ApiError
 
 URL_REFUSED = "WEBHOOK_URL_REFUSED"
+DNS_TIMEOUT = 5.0
 LIMIT_REACHED = "WEBHOOK_ENDPOINT_LIMIT"
 NOT_FOUND = "WEBHOOK_ENDPOINT_NOT_FOUND"
 
@@ -65,7 +67,12 @@ async def check_url(raw: str, *, allow_private: bool) -> str:
     """The URL as stored; 400 when it is not a URL, 422 when the SSRF guard refuses it."""
     try:
         url = ssrf.parse_url(raw)
-        await ssrf.check_addresses(url, allow_private=allow_private)
+        async with asyncio.timeout(DNS_TIMEOUT):
+            await ssrf.check_addresses(url, allow_private=allow_private)
+    except TimeoutError as exc:
+        raise ApiError(
+            422, URL_REFUSED, f"url: the host did not resolve within {DNS_TIMEOUT:g} s", title="Webhook URL refused"
+        ) from exc
     except ssrf.InvalidWebhookUrl as exc:
         raise ApiError(400, "VALIDATION_ERROR", f"url: {exc}", title="Invalid webhook URL") from exc
     except ssrf.RefusedWebhookUrl as exc:
