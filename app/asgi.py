@@ -45,6 +45,10 @@ from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
+from app.domain.webhooks.controllers import WebhookEndpointController
+from app.domain.webhooks.delivery import WebhookDispatcher
+from app.domain.webhooks.outbox import enqueue_for_run
+from app.domain.webhooks.schemas import WebhookEndpointCreate
 from app.lib import docs, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
@@ -59,7 +63,15 @@ from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 from app.lib.valkey.versioned_cache import VersionedCache
 
 # Request bodies whose OpenAPI schema is made as strict as their validators (see app.lib.openapi).
-REQUEST_BODIES = (SessionCreate, SessionUpdate, SessionFork, QueryRequest, RunRequest, AnswerRequest)
+REQUEST_BODIES = (
+    SessionCreate,
+    SessionUpdate,
+    SessionFork,
+    QueryRequest,
+    RunRequest,
+    AnswerRequest,
+    WebhookEndpointCreate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +116,9 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             control=ControlChannel(clients.main, clients.blocking, CONTROL_CHANNEL),
             markers=SignalMarker(clients.main),
             check_agent_settings=settings_check(backend),
+            run_event_hook=enqueue_for_run,
         )
-        store = RunStore(self.alchemy, infra.cache)
+        store = RunStore(self.alchemy, infra.cache, hook=enqueue_for_run)
         self.run_manager = RunManager(
             settings,
             store=store,
@@ -126,6 +139,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         reader = SessionReader(infra, self.alchemy)
         self.idempotency = IdempotencyStore(self.alchemy)
         self._purge: asyncio.Task[None] | None = None
+        self.webhooks = WebhookDispatcher(settings, self.alchemy)
         self.warmer = CacheWarmer(
             infra.cache,
             self.alchemy,
@@ -162,6 +176,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         self.presence.start()
         self.reaper.start()
         self._purge = asyncio.create_task(self._purge_expired_idempotency_keys(), name="idempotency-purge")
+        self.webhooks.start()
         # In the background: readiness never waits for it.
         self.warmer.start()
 
@@ -188,6 +203,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         await self.run_manager.close()
         # Last: until here this instance's runs were its own; now the others may take over at once.
         await self.presence.stop()
+        await self.webhooks.stop()  # after the runs: their final events are in the outbox, any instance sends them
 
     async def prepare_database(self) -> None:
         if self.settings.db.migrate_on_startup:
@@ -266,6 +282,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SessionController,
             RunController,
             RunResourceController,
+            WebhookEndpointController,
             MetricsController,
             docs.swagger_assets_router(),
         ],

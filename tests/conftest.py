@@ -27,6 +27,7 @@ from app.config.settings import (
     SessionSettings,
     Settings,
     ValkeySettings,
+    WebhookSettings,
 )
 from app.domain.keys.services import ApiKeyService
 from app.lib import migrations
@@ -61,6 +62,7 @@ def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> S
         sessions=dataclasses.replace(SessionSettings(), **{"cache_warm_count": 0, **sections.get("sessions", {})}),
         runs=dataclasses.replace(RunSettings(), **sections.get("runs", {})),
         claude=dataclasses.replace(ClaudeSettings(), **sections.get("claude", {})),
+        webhooks=dataclasses.replace(WebhookSettings(), **sections.get("webhooks", {})),
     )
 
 

@@ -133,6 +133,24 @@ class ClaudeSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook deliveries (SPEC §9); times in seconds."""
+
+    timeout: float = field(default_factory=lambda: _env_float("WEBHOOK_TIMEOUT", 10.0))
+    retry_initial_delay: float = field(default_factory=lambda: _env_float("WEBHOOK_RETRY_INITIAL_DELAY", 5.0))
+    retry_max_delay: float = field(default_factory=lambda: _env_float("WEBHOOK_RETRY_MAX_DELAY", 3600.0))
+    retry_horizon: float = field(default_factory=lambda: _env_float("WEBHOOK_RETRY_HORIZON", 86400.0))
+    allow_private_networks: bool = field(default_factory=lambda: _env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False))
+    concurrency: int = field(default_factory=lambda: _env_int("WEBHOOK_CONCURRENCY", 32))
+    """Deliveries in flight at once on this instance."""
+    endpoint_concurrency: int = field(default_factory=lambda: _env_int("WEBHOOK_ENDPOINT_CONCURRENCY", 4))
+    """Deliveries in flight at once to one endpoint, across all instances."""
+    poll_interval: float = field(default_factory=lambda: _env_float("WEBHOOK_POLL_INTERVAL", 1.0))
+    claim_lease: float = field(default_factory=lambda: _env_float("WEBHOOK_CLAIM_LEASE", 60.0))
+    """How long a claimed delivery is reserved for its instance; at least WEBHOOK_TIMEOUT + 5 s is used."""
+
+
+@dataclass(frozen=True)
 class Settings:
     app: AppSettings = field(default_factory=AppSettings)
     db: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -140,6 +158,7 @@ class Settings:
     sessions: SessionSettings = field(default_factory=SessionSettings)
     runs: RunSettings = field(default_factory=RunSettings)
     claude: ClaudeSettings = field(default_factory=ClaudeSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def api_key_is_set(self) -> bool:
         return bool(self.app.api_key)

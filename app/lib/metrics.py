@@ -30,3 +30,16 @@ backend_errors = Counter(f"{PREFIX}_backend_errors_total", "Errors talking to a 
 cache_warmed = Counter(
     f"{PREFIX}_session_cache_warmed_total", "Sessions written to the cache by startup warming (set-if-newer)."
 )
+webhook_attempts = Counter(
+    f"{PREFIX}_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: success (2xx), http_error, timeout, network_error, refused (SSRF guard).",
+    ["outcome"],
+)
+webhook_deliveries = Counter(
+    f"{PREFIX}_webhook_deliveries_total", "Webhook deliveries that ended, by status: delivered, failed.", ["status"]
+)
+webhook_delivery_seconds = Histogram(
+    f"{PREFIX}_webhook_delivery_seconds",
+    "From the event's commit to the receiver's 2xx (retries included).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)

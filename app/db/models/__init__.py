@@ -5,6 +5,7 @@ from app.db.models.run import AgentRun
 from app.db.models.session import AgentSession
 from app.db.models.session_event import SessionEvent
 from app.db.models.transcript import TranscriptEntry
+from app.db.models.webhook import WebhookDelivery, WebhookEndpoint
 
 __all__ = (
     "AgentRun",
@@ -14,4 +15,6 @@ __all__ = (
     "IdempotencyRecord",
     "SessionEvent",
     "TranscriptEntry",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 )

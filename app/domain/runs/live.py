@@ -217,6 +217,8 @@ class LiveRun:
                         "message": str(data.get("message", "")),
                     }
                 await self.recorder.add(name, data)
+                if name == "question":
+                    await self._tell_waiting()
                 if name == "init":
                     recorded_prompt = True
                     await self.recorder.add("message", self._user_turn())
@@ -226,6 +228,12 @@ class LiveRun:
             return
         if outcome.result is None and outcome.reason != "error":
             self.recorder.add_now("error", outcome.fail("AGENT_ERROR", "The agent ended without a result."))
+
+    async def _tell_waiting(self) -> None:
+        try:
+            await self.store.run_waiting(self.run_id)
+        except Exception:
+            logger.warning("run %s: could not record that it waits for an answer", self.run_id, exc_info=True)
 
     async def _on_init(self, data: dict[str, Any]) -> None:
         # A backend's own session id (e.g. the Claude SDK's) is kept on the session for resume and fork,

@@ -32,6 +32,16 @@ MAX_QUEUED_RUNS = 100
 # Ran before the commit of a run start, while the session row is held (e.g. take the Valkey lease);
 # raising rolls the start back.
 BeforeCommit = Callable[["StartedRun"], Awaitable[None]]
+# Told of a run's ended or waiting state inside the transaction that commits it (the run row, the event
+# type): e.g. the webhooks outbox, so a notice exists exactly when the state it reports does.
+RunEventHook = Callable[[AsyncSession, AgentRun, str], Awaitable[None]]
+
+EVENT_BY_STATUS = {
+    "completed": "run.completed",
+    "error": "run.failed",
+    "interrupted": "run.interrupted",
+    "cancelled": "run.cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -109,10 +119,16 @@ class RunTotals:
     output_tokens: int = 0
 
 
+async def tell(hook: RunEventHook | None, db: AsyncSession, run: AgentRun, event_type: str) -> None:
+    if hook is not None:
+        await hook(db, run, event_type)
+
+
 class RunStore:
-    def __init__(self, alchemy: SQLAlchemyAsyncConfig, cache: SessionCache) -> None:
+    def __init__(self, alchemy: SQLAlchemyAsyncConfig, cache: SessionCache, hook: RunEventHook | None = None) -> None:
         self.alchemy = alchemy
         self.cache = cache
+        self.hook = hook
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -314,6 +330,16 @@ class RunStore:
         await self.cache.put(started.session, session.owner_key_id)
         return started
 
+    async def run_waiting(self, run_id: UUID) -> None:
+        """The run waits for an answer (`run.waiting`); its own transaction, as no run state changes."""
+        if self.hook is None:
+            return
+        async with self.alchemy.get_session() as db:
+            run = (await db.execute(select(AgentRun).where(AgentRun.id == run_id))).scalar_one_or_none()
+            if run is not None and run.status == "running":
+                await tell(self.hook, db, run, "run.waiting")
+                await db.commit()
+
     async def sessions_in_flight(self) -> list[tuple[UUID, UUID | None, str | None, int]]:
         """(session id, active run id, its instance, queued runs) of every session with work in flight."""
         async with self.alchemy.get_session() as db:
@@ -347,14 +373,23 @@ class RunStore:
         now = datetime.now(UTC)
         async with self.alchemy.get_session() as db:
             session = await self._session_for_update(db, session_id)
-            moved = await db.execute(
-                update(AgentRun)
-                .where(AgentRun.id == run_id, AgentRun.status == "running")
-                .values(status=status, ended_at=now, result=result, error=error, updated_at=now)
-            )
-            if moved.rowcount == 0:  # type: ignore[attr-defined]
+            run = (
+                await db.execute(
+                    select(AgentRun)
+                    .where(AgentRun.id == run_id)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+            ).scalar_one_or_none()
+            if run is None or run.status != "running":
                 await db.rollback()
                 return False
+            run.status = status
+            run.ended_at = now
+            run.result = result
+            run.error = error
+            await db.flush()
+            await tell(self.hook, db, run, EVENT_BY_STATUS[status])
             if session is not None:
                 if totals.agent_session_id:
                     session.agent_session_id = totals.agent_session_id
@@ -406,6 +441,8 @@ class RunStore:
                 return False
             if session is not None:
                 session.queued_runs = max(0, session.queued_runs - 1)
+            await db.refresh(run)
+            await tell(self.hook, db, run, "run.cancelled")
             await db.commit()
         if session is not None:
             await self.cache.put(to_schema(session), session.owner_key_id)

@@ -55,6 +55,8 @@ class SessionInfra:
     # The agent backend's check of a session's model and permission mode (raises `AgentRequestError`): a
     # session never stores settings its runs would refuse. The default accepts everything.
     check_agent_settings: Callable[[str | None, str | None], None] = lambda _model, _mode: None
+    # Told of runs cancelled with their session (see `RunStore`'s hook); None: nobody listens.
+    run_event_hook: Any = None
 
 
 def check_agent_settings(infra: SessionInfra, model: str | None, permission_mode: str | None) -> None:
@@ -95,14 +97,21 @@ def to_schema(row: AgentSession) -> Session:
     )
 
 
-async def cancel_queued_runs(db: Any, session_id: UUID) -> None:
-    """Inside the caller's transaction (deleting the session): its queued runs never start."""
+async def cancel_queued_runs(db: Any, session_id: UUID, hook: Any = None) -> None:
+    """Inside the caller's transaction (deleting the session): its queued runs never start. `hook` is the
+    runs' event hook (`run.cancelled` for each)."""
     now = datetime.now(UTC)
-    await db.execute(
-        update(AgentRun)
-        .where(AgentRun.session_id == session_id, AgentRun.status == "queued")
-        .values(status="cancelled", ended_at=now, updated_at=now)
-    )
+    cancelled = (
+        await db.execute(
+            update(AgentRun)
+            .where(AgentRun.session_id == session_id, AgentRun.status == "queued")
+            .values(status="cancelled", ended_at=now, updated_at=now)
+            .returning(AgentRun)
+        )
+    ).scalars()
+    if hook is not None:
+        for run in list(cancelled):
+            await hook(db, run, "run.cancelled")
 
 
 class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
@@ -311,7 +320,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 409, "SESSION_BUSY", "The session has an active run; interrupt it first.", title="Session busy"
             )
         db = self.repository.session
-        await cancel_queued_runs(db, session_id)
+        await cancel_queued_runs(db, session_id, self.infra.run_event_hook)
         await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
         # The agent transcripts this session used go too: its own, and the one it was forked from (kept when its
         # parent was deleted first, for this fork's first run) — each unless another session still needs it.
