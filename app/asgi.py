@@ -27,6 +27,8 @@ from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
+from app.domain.openai.controllers import openai_router
+from app.domain.openai.schemas import ChatCompletionRequest, ResponseCreateRequest
 from app.domain.runs.backend import build_backend, settings_check
 from app.domain.runs.controllers import RunController
 from app.domain.runs.manager import RunManager
@@ -53,7 +55,16 @@ from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
 from app.lib.valkey.versioned_cache import VersionedCache
 
 # Request bodies whose OpenAPI schema is made as strict as their validators (see app.lib.openapi).
-REQUEST_BODIES = (SessionCreate, SessionUpdate, SessionFork, QueryRequest, ResumeRequest, AnswerRequest)
+REQUEST_BODIES = (
+    SessionCreate,
+    SessionUpdate,
+    SessionFork,
+    QueryRequest,
+    ResumeRequest,
+    AnswerRequest,
+    ChatCompletionRequest,
+    ResponseCreateRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +233,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             SessionController,
             RunController,
+            openai_router,
             MetricsController,
             docs.swagger_assets_router(),
         ],
