@@ -389,3 +389,53 @@ async def test_sync_client_responses(a: Instance, b: Instance, api_key: str) -> 
     assert created.output_text == "Echo: sync please"
     assert streamed[0] == "response.created" and streamed[-1] == "response.completed"
     assert polled.status == "completed" and polled.output_text == "slept 0.3s"
+
+
+async def test_error_shape_for_malformed_requests(a: Instance, api_key: str) -> None:
+    """Bodies the client would never send still answer in OpenAI's shape with the right status."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=f"{a.base_url}/v1", headers=headers) as c:
+        cases = [
+            (await c.post("/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}), 400, "model"),
+            (await c.post("/chat/completions", json={"model": "demo", "messages": []}), 400, "messages"),
+            (
+                await c.post("/chat/completions", content=b"{not json", headers={"content-type": "application/json"}),
+                400,
+                None,
+            ),
+            (await c.post("/chat/completions", json={"model": "demo", "messages": "hi"}), 400, "messages"),
+            (
+                await c.post(
+                    "/chat/completions",
+                    json={
+                        "model": "demo",
+                        "messages": [{"role": "user", "content": "x"}],
+                        "metadata": {"session_id": "nope"},
+                    },
+                ),
+                400,
+                "metadata.session_id",
+            ),
+            (await c.post("/responses", json={"model": "demo", "input": "x" * 100_001}), 400, "input"),
+            (
+                await c.post(
+                    "/responses", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"}
+                ),
+                413,
+                None,
+            ),
+            (await c.get("/responses/resp_0123"), 404, None),
+            (await c.get("/models/nope"), 404, None),
+        ]
+    got = [(r.status_code, r.json()["error"]["param"], r.json()["error"]["message"][:80]) for r, _, _ in cases]
+    for response, status, param in cases:
+        assert response.status_code == status and response.json()["error"]["param"] == param, got
+        assert response.status_code == status, (response.request.url, response.text)
+        assert response.headers["content-type"].startswith("application/json"), response.headers
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        assert isinstance(error["message"], str) and error["message"]
+        assert error["param"] == param, (response.request.url, error)
+    async with httpx.AsyncClient(base_url=f"{a.base_url}/v1") as c:
+        missing = await c.get("/models")
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"

@@ -105,17 +105,20 @@ def _response(exc: OpenAIError) -> Response[ErrorBody]:
     )
 
 
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_UNKNOWN_FIELD = re.compile(r"(?:unknown|required) field `([^`]+)`")
 _FIELD_PATH = re.compile(r"at `\$\.([^`]+)`")
 
 
 def _param(problem: Problem) -> str | None:
     for item in problem.errors or ():
-        for text in (str(item.get("message", "")), str(item.get("key", ""))):
-            for pattern in (_UNKNOWN_FIELD, _FIELD_PATH):
-                match = pattern.search(text)
-                if match:
-                    return re.sub(r"\[(\d+)\]", r"[\1]", match.group(1))
+        message = str(item.get("message", ""))
+        for pattern in (_UNKNOWN_FIELD, _FIELD_PATH):
+            match = pattern.search(message)
+            if match:
+                return match.group(1)
+        key = item.get("key")
+        if isinstance(key, str) and key:
+            return key
     return None
 
 
