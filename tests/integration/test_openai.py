@@ -5,7 +5,10 @@ share the test's event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import time
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -345,12 +348,15 @@ async def test_responses_cancel_from_other_instance(a: Instance, b: Instance, ap
         assert events[-1].type == "response.incomplete" and events[-1].response.status == "cancelled"
 
 
-async def test_responses_input_items_isolation_and_delete(a: Instance, api_key: str, other_api_key: str) -> None:
-    async with aclient(a, api_key) as client, aclient(a, other_api_key) as other:
+async def test_responses_input_items_and_isolation(a: Instance, b: Instance, api_key: str, other_api_key: str) -> None:
+    async with aclient(a, api_key) as client, aclient(b, api_key) as on_b, aclient(a, other_api_key) as other:
         response = await client.responses.create(model="demo", input="items please", instructions="Sys.")
-        items = await client.responses.input_items.list(response.id)
+        items = await on_b.responses.input_items.list(response.id)
         roles = [(i.role, i.content[0].text) for i in items.data]  # type: ignore[union-attr]
-        assert roles[-1] == ("user", "items please")
+        assert roles == [("system", "Sys."), ("user", "items please")]
+        retrieved = await on_b.responses.retrieve(response.id)
+        assert retrieved.instructions == "Sys." and retrieved.output_text == "Echo: items please"
+        assert retrieved.status == "completed" and retrieved.usage is not None
         with pytest.raises(openai.NotFoundError):
             await other.responses.retrieve(response.id)
         with pytest.raises(openai.NotFoundError):
@@ -439,3 +445,38 @@ async def test_error_shape_for_malformed_requests(a: Instance, api_key: str) -> 
     async with httpx.AsyncClient(base_url=f"{a.base_url}/v1") as c:
         missing = await c.get("/models")
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+
+
+async def test_failed_runs(a: Instance, api_key: str) -> None:
+    async with aclient(a, api_key) as client:
+        failed = await client.responses.create(model="demo", input="fail boom")
+        assert failed.status == "failed" and failed.error is not None
+        assert failed.error.message == "boom" and failed.error.code == "agent_error"
+        events = [e async for e in await client.responses.create(model="demo", input="fail bang", stream=True)]
+        assert [e.type for e in events] == ["response.created", "response.in_progress", "response.failed"]
+        assert events[-1].response.error.message == "bang"  # type: ignore[union-attr]
+        stream = await client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "fail chat"}], stream=True
+        )
+        with pytest.raises(openai.APIError) as streamed:
+            async for _ in stream:
+                pass
+        assert streamed.value.message == "chat"
+
+
+async def test_readme_example(a: Instance, api_key: str) -> None:
+    """The README's "Use it from the OpenAI SDK" example runs as written (against this instance)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Use it from the OpenAI SDK", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8000/v1" in code
+    code = code.replace("http://127.0.0.1:8000/v1", f"{a.base_url}/v1")
+    out = io.StringIO()
+
+    def work() -> None:
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {"KEY": api_key})
+
+    await asyncio.to_thread(work)
+    printed = out.getvalue()
+    assert "['demo']" in printed and "Echo: hello" in printed and "response.completed" in printed, printed

@@ -17,5 +17,8 @@ def provide_model_catalog(state: State) -> ModelCatalog:
 async def provide_openai_service(
     run_service: NamedDependency[RunService], session_service: NamedDependency[SessionService], state: State
 ) -> OpenAIService:
-    port = RunsPort(run_service, state["alchemy_config"])
+    started = state.get("openai_started_runs")
+    if started is None:
+        started = state["openai_started_runs"] = {}
+    port = RunsPort(run_service, state["alchemy_config"], started)
     return OpenAIService(port, provide_model_catalog(state), session_service)

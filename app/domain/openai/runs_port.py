@@ -5,10 +5,11 @@
 with the run table its methods become one-line calls, and `PortRun` becomes `app.domain.runs.schemas.Run`.
 
 What today's code cannot give, and what the run table brings:
-- `get`: found from the run's persisted events (`session_event.run_id`, not indexed); a run whose first event
-  has not reached Postgres yet is only known to the instance that started it (tens of ms). `input` is complete
-  only on the instance that started the run; elsewhere it is the prompt from the user's-turn `message` event
-  (SPEC §3) when the events hold one, else empty. `queue_position` is always null.
+- `get`: status, result and error come from the run's persisted events (`session_event.run_id`, not indexed);
+  `input`, `created_at` and `instance_id`, and the run itself before its first event reaches Postgres, from a
+  record `create` writes to Valkey (`agentapi:{run:<id>}:openai-start`, 1 h; also kept in process). After a
+  Valkey flush an ended run is still found, with `input` reduced to the user's-turn prompt when the events hold
+  one. `queue_position` is always null.
 - `create(if_busy=...)`: only `reject`; `enqueue` / `interrupt` raise NotImplementedError.
 - `cancel`: interrupts the session's active run if it is this run; a queued run cannot exist yet.
 - `delete`: a run cannot be deleted today (NotImplementedError): /v1 DELETE needs a `deleted_at` on the run.
@@ -17,6 +18,7 @@ What today's code cannot give, and what the run table brings:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ from app.domain.runs.schemas import RunOptions
 from app.domain.runs.services import STREAM_START, RunService
 from app.lib.problems import ApiError
 from app.lib.sse import SSEFrame
+from app.lib.valkey.errors import VALKEY_ERRORS
 
 RunStatus = Literal["queued", "running", "completed", "interrupted", "error", "cancelled"]
 ENDED: frozenset[str] = frozenset({"completed", "interrupted", "error", "cancelled"})
@@ -69,17 +72,30 @@ def run_not_found(run_id: UUID) -> ApiError:
     return ApiError(404, "RUN_NOT_FOUND", f"Run {run_id} not found.", title="Run not found")
 
 
-# Runs this process started: {run_id: (owner_key_id, PortRun)}. Bridges the moment between start and the first
-# persisted event, and keeps the run's input (today's events may not record the user's turn); the run table
-# makes it unnecessary.
-_STARTED: dict[UUID, tuple[UUID, PortRun]] = {}
+# Runs this instance started: {run_id: (owner_key_id, PortRun)}, one dict per app (in its state). Bridges the
+# moment between start and the first persisted event, and keeps the run's input (today's events may not record
+# the user's turn); the run table makes it unnecessary.
+StartedRuns = dict[UUID, tuple[UUID, PortRun]]
 _STARTED_MAX = 10_000
+# And for every instance, a Valkey record of the run's start (own hash slot: only the run id is known on lookup),
+# kept as long as the run's events are.
+STARTED_TTL = 3600
+
+
+def started_key(run_id: UUID) -> str:
+    return f"agentapi:{{run:{run_id}}}:openai-start"
+
+
+class StartedRecord(Struct):
+    owner_key_id: UUID
+    run: PortRun
 
 
 class RunsPort:
-    def __init__(self, runs: RunService, alchemy: SQLAlchemyAsyncConfig) -> None:
+    def __init__(self, runs: RunService, alchemy: SQLAlchemyAsyncConfig, started: StartedRuns) -> None:
         self.runs = runs
         self.alchemy = alchemy
+        self.started = started
 
     async def create(
         self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions, *, if_busy: str = "reject"
@@ -97,10 +113,27 @@ class RunsPort:
             started_at=now,
             instance_id=self.runs.manager.instance_id,
         )
-        if len(_STARTED) >= _STARTED_MAX:
-            _STARTED.clear()
-        _STARTED[run_id] = (owner_key_id, run)
+        if len(self.started) >= _STARTED_MAX:
+            self.started.clear()
+        self.started[run_id] = (owner_key_id, run)
+        record = msgspec.json.encode(StartedRecord(owner_key_id=owner_key_id, run=run)).decode()
+        with contextlib.suppress(*VALKEY_ERRORS):
+            await self.runs.manager.infra.markers.set(started_key(run_id), record, STARTED_TTL)
         return run
+
+    async def _started(self, owner_key_id: UUID, run_id: UUID) -> PortRun | None:
+        """The run as its start recorded it: this instance's memory, else the Valkey record any instance reads."""
+        local = self.started.get(run_id)
+        if local is not None:
+            return local[1] if local[0] == owner_key_id else None
+        try:
+            raw = await self.runs.manager.infra.markers.get(started_key(run_id))
+        except VALKEY_ERRORS:
+            return None
+        if raw is None:
+            return None
+        record = msgspec.json.decode(raw, type=StartedRecord)
+        return record.run if record.owner_key_id == owner_key_id else None
 
     async def get(self, owner_key_id: UUID, run_id: UUID) -> PortRun:
         async with self.alchemy.get_session() as db:
@@ -120,17 +153,17 @@ class RunsPort:
                 .scalars()
                 .all()
             )
-        started = _STARTED.get(run_id)
-        if started is not None and started[0] != owner_key_id:
-            started = None
+        started = await self._started(owner_key_id, run_id)
         if not rows:
             if started is None:
                 raise run_not_found(run_id)
-            return started[1]
+            return started
         run = _run_from_events(run_id, rows)
-        if started is not None and not run.input.get("prompt"):
-            # Today's events do not always hold the user's turn: the starting instance still knows the input.
-            run.input = started[1].input
+        if started is not None:
+            # Today's events do not record the run's options (nor always the user's turn): its start did.
+            run.input = started.input
+            run.created_at = started.created_at
+            run.instance_id = started.instance_id
         return run
 
     async def wait(self, owner_key_id: UUID, run_id: UUID, timeout: float) -> PortRun:
