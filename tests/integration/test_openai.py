@@ -480,3 +480,35 @@ async def test_readme_example(a: Instance, api_key: str) -> None:
     await asyncio.to_thread(work)
     printed = out.getvalue()
     assert "['demo']" in printed and "Echo: hello" in printed and "response.completed" in printed, printed
+
+
+async def test_pings_do_not_reach_the_client(instance_factory: InstanceFactory, api_key: str) -> None:
+    """`: ping` comments go out while the agent is silent; the client skips them."""
+    inst: Instance = await instance_factory("pings", runs__ping_interval=0.1)
+    async with httpx.AsyncClient(base_url=f"{inst.base_url}/v1", headers={"Authorization": f"Bearer {api_key}"}) as c:
+        async with c.stream("POST", "/responses", json={"model": "demo", "input": "ask what?", "stream": True}) as r:
+            lines: list[str] = []
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if sum(x == ": ping" for x in lines) >= 2:
+                    break
+    session_id = r.headers["x-session-id"]
+    run_hex = r.headers["x-run-id"].replace("-", "")
+    async with aclient(inst, api_key) as client:
+        # The client follows the still-waiting run (pings and all) on a new stream, then the answer lets it end.
+        stream = await client.responses.retrieve(f"resp_{run_hex}", stream=True)
+        events: list[Any] = []
+
+        async def read() -> None:
+            async for event in stream:
+                events.append(event)
+
+        reader = asyncio.create_task(read())
+        # Not a race guard (the answer may come at any moment): some ping intervals of silence for the client to skip.
+        await asyncio.sleep(0.3)
+        async with inst.client(api_key) as c:
+            answered = await c.post(f"/api/v1/sessions/{session_id}/answer", json={"answer": "this"})
+            assert answered.status_code == 200, answered.text
+        await asyncio.wait_for(reader, 20)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == "Answer: this"

@@ -94,9 +94,6 @@ def error_body(status: int, message: str, *, code: str | None, param: str | None
 
 def _response(exc: OpenAIError) -> Response[ErrorBody]:
     headers = dict(exc.headers)
-    if exc.status >= 500:
-        # A failed agent run must not be started again by the client's automatic retries.
-        headers.setdefault("x-should-retry", "false")
     return Response(
         ErrorBody(ErrorDetail(message=exc.message, type=exc.type, param=exc.param, code=exc.code)),
         status_code=exc.status,

@@ -296,7 +296,8 @@ class OpenAIService:
                 str(error.get("message") or "The agent run failed."),
                 code=str(error.get("code") or "AGENT_ERROR").lower(),
                 type="server_error",
-                headers={"X-Session-ID": str(run.session_id), "X-Run-ID": str(run.id)},
+                # A failed agent run must not be started again by the client's automatic retries (a 503 may be).
+                headers={"X-Session-ID": str(run.session_id), "X-Run-ID": str(run.id), "x-should-retry": "false"},
             )
         return chat_completion(f"chatcmpl-{run.id.hex}", body.model, int(run.created_at.timestamp()), outcome)
 
