@@ -38,6 +38,7 @@ from app.domain.openai.translate import (
 )
 from app.domain.runs.schemas import RunOptions
 from app.domain.sessions.services import SessionService
+from app.lib.problems import ApiError
 from app.lib.sse import PING_FRAME, SSEFrame
 
 OWNED_BY = "agent-api"
@@ -324,8 +325,8 @@ class OpenAIService:
                 raise self._response_not_found(body.previous_response_id, "previous_response_id")
             try:
                 session_id = (await self.port.get(owner_key_id, previous)).session_id
-            except Exception as exc:
-                if getattr(exc, "status", None) == 404:
+            except ApiError as exc:
+                if exc.status == 404:
                     raise self._response_not_found(body.previous_response_id, "previous_response_id") from exc
                 raise
         items: list[dict[str, Any]] = (
@@ -402,8 +403,8 @@ class OpenAIService:
             raise self._response_not_found(response_id_value)
         try:
             return await self.port.get(owner_key_id, run_id)
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
+        except ApiError as exc:
+            if exc.status == 404:
                 raise self._response_not_found(response_id_value) from exc
             raise
 
