@@ -34,7 +34,6 @@ from app.domain.sessions.dependencies import provide_session_service
 TAG = "OpenAI-compatible"
 AuthedRequest = Request[Principal, Any, State]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-SECURITY: list[dict[str, list[str]]] = [{"Bearer": []}]
 
 
 def _headers(session_id: object, run_id: object) -> dict[str, str]:
@@ -45,11 +44,11 @@ class ModelsController(Controller):
     path = "/models"
     dependencies = {"catalog": Provide(provide_model_catalog, sync_to_thread=False)}
 
-    @get("/", summary="List models", responses=openai_error_responses(), security=SECURITY)
+    @get("/", summary="List models", responses=openai_error_responses())
     async def list_models(self, catalog: NamedDependency[ModelCatalog]) -> ModelList:
         return catalog.list()
 
-    @get("/{model_id:str}", summary="Retrieve a model", responses=openai_error_responses(404), security=SECURITY)
+    @get("/{model_id:str}", summary="Retrieve a model", responses=openai_error_responses(404))
     async def get_model(self, catalog: NamedDependency[ModelCatalog], model_id: FromPath[str]) -> Model:
         return catalog.require(model_id, param=None)
 
@@ -86,7 +85,6 @@ class ChatCompletionsController(Controller):
             200: ResponseSpec(ChatCompletion, description="chat.completion (without `stream`)"),
             **openai_error_responses(404, 409, 422, 500),
         },
-        security=SECURITY,
     )
     async def create(
         self,
@@ -138,7 +136,6 @@ class ResponsesController(Controller):
             200: ResponseSpec(ResponseObject, description="response (without `stream`)"),
             **openai_error_responses(404, 409, 422),
         },
-        security=SECURITY,
     )
     async def create(
         self,
@@ -170,7 +167,6 @@ class ResponsesController(Controller):
             200: ResponseSpec(ResponseObject, description="response (without `stream`)"),
             **openai_error_responses(404),
         },
-        security=SECURITY,
     )
     async def retrieve(
         self,
@@ -198,7 +194,6 @@ class ResponsesController(Controller):
         summary="Cancel a response (interrupts its run, wherever it runs)",
         status_code=200,
         responses=openai_error_responses(404),
-        security=SECURITY,
     )
     async def cancel(
         self, request: AuthedRequest, openai_service: NamedDependency[OpenAIService], response_id: FromPath[str]
@@ -211,7 +206,6 @@ class ResponsesController(Controller):
         summary="Delete a response (not supported yet: 400)",
         status_code=200,
         responses=openai_error_responses(404),
-        security=SECURITY,
     )
     async def delete_response(
         self, request: AuthedRequest, openai_service: NamedDependency[OpenAIService], response_id: FromPath[str]
@@ -224,7 +218,6 @@ class ResponsesController(Controller):
         "/{response_id:str}/input_items",
         summary="List a response's input items",
         responses=openai_error_responses(404),
-        security=SECURITY,
     )
     async def input_items(
         self, request: AuthedRequest, openai_service: NamedDependency[OpenAIService], response_id: FromPath[str]
