@@ -27,7 +27,7 @@ from app.domain.health.controllers import HealthController
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
-from app.domain.openai.controllers import openai_router
+from app.domain.openai.controllers import document_streams, openai_router
 from app.domain.openai.schemas import ChatCompletionRequest, ResponseCreateRequest
 from app.domain.runs.backend import build_backend, settings_check
 from app.domain.runs.controllers import RunController
@@ -273,5 +273,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         fmt=settings.app.log_format,
     )
     openapi.tighten_app_schema(app, REQUEST_BODIES)
+    document_streams(app.openapi_schema)
     routing.fix_options_allow(app)
     return app

@@ -238,3 +238,28 @@ openai_router = Router(
         "openai_service": Provide(provide_openai_service),
     },
 )
+
+
+_STREAMS = {
+    ("/v1/chat/completions", "post"): CHAT_STREAM,
+    ("/v1/responses", "post"): RESPONSES_STREAM,
+    ("/v1/responses/{response_id}", "get"): RESPONSES_STREAM,
+}
+
+
+def document_streams(openapi: Any) -> None:
+    """Each of these answers 200 as JSON, or with `stream: true` as `text/event-stream`: both in the document
+    (Litestar gives one media type per status)."""
+    from litestar.openapi.spec import OpenAPIMediaType, Schema
+    from litestar.openapi.spec.enums import OpenAPIType
+
+    for (path, method), spec in _STREAMS.items():
+        operation = getattr((openapi.paths or {}).get(path), method, None)
+        ok = (operation.responses or {}).get("200") if operation is not None else None
+        if ok is None or not hasattr(ok, "content"):
+            continue
+        ok.content = {
+            **(ok.content or {}),
+            "text/event-stream": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, description=spec.description)),
+        }
+        ok.description = f"{ok.description} {spec.description}"
