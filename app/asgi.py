@@ -30,6 +30,8 @@ from app.domain.idempotency.store import IdempotencyStore
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
+from app.domain.openai.controllers import document_streams, openai_router
+from app.domain.openai.schemas import ChatCompletionRequest, ResponseCreateRequest
 from app.domain.runs.backend import build_backend, settings_check
 from app.domain.runs.controllers import RunController, RunResourceController
 from app.domain.runs.manager import RunManager
@@ -71,6 +73,8 @@ REQUEST_BODIES = (
     RunRequest,
     AnswerRequest,
     WebhookEndpointCreate,
+    ChatCompletionRequest,
+    ResponseCreateRequest,
 )
 
 logger = logging.getLogger(__name__)
@@ -283,6 +287,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RunController,
             RunResourceController,
             WebhookEndpointController,
+            openai_router,
             MetricsController,
             docs.swagger_assets_router(),
         ],
@@ -322,5 +327,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         fmt=settings.app.log_format,
     )
     openapi.tighten_app_schema(app, REQUEST_BODIES)
+    document_streams(app.openapi_schema)
     routing.fix_options_allow(app)
     return app

@@ -54,6 +54,12 @@ async def test_docs_render_and_try_it_out_works(shared_instance: Instance, api_k
             sessions_get = page.locator(f".opblock-get:has(.opblock-summary-path[data-path='{SESSIONS}'])")
             await sessions_get.first.wait_for(timeout=10_000)
             assert await page.locator(".opblock").count() >= 10
+            # The OpenAI-compatible /v1 routes have their own section.
+            await page.locator(".opblock-tag[data-tag='OpenAI-compatible']").wait_for(timeout=10_000)
+            assert (
+                await page.locator(".opblock-post:has(.opblock-summary-path[data-path='/v1/chat/completions'])").count()
+                == 1
+            )
             assert "Agent API" in await page.title()
             await page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=True)
 

@@ -46,3 +46,5 @@ class AgentRun(UUIDv7AuditBase):
     instance_id: Mapped[str | None] = mapped_column(String(200), default=None, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None, nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None, nullable=True)
+    """Deleted by its owner (e.g. `DELETE /v1/responses/{id}`): no longer found, kept for the queue's order."""

@@ -59,19 +59,32 @@ class RateLimitMiddleware(ASGIMiddleware):
             "RateLimit-Policy": f"{decision.limit};w={limiter.window}",
         }
         if not decision.allowed:
+            detail = f"At most {decision.limit} requests per minute per API key for {group} requests."
+            retry = {**headers, "Retry-After": str(decision.reset_after)}
+            if handler is not None and handler.opt.get("error_shape") == "openai":
+                # /v1 answers in OpenAI's error shape (app.domain.openai.errors).
+                from app.domain.openai.errors import error_body
+
+                await ASGIResponse(
+                    body=error_body(429, detail, code="rate_limited"),
+                    status_code=429,
+                    media_type="application/json",
+                    headers=retry,
+                )(scope, receive, send)
+                return
             body = Problem(
                 type="https://agent-api.dev/problems/rate-limited",
                 title="Rate limit exceeded",
                 status=429,
                 code="RATE_LIMITED",
-                detail=f"At most {decision.limit} requests per minute per API key for {group} requests.",
+                detail=detail,
                 instance=scope["path"],
             )
             response = ASGIResponse(
                 body=msgspec.json.encode(body),
                 status_code=429,
                 media_type=PROBLEM_JSON,
-                headers={**headers, "Retry-After": str(decision.reset_after)},
+                headers=retry,
             )
             await response(scope, receive, send)
             return

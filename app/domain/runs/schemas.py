@@ -80,6 +80,10 @@ class Run(Struct, omit_defaults=False):
     result: dict[str, Any] | None
     error: RunError | None
 
+    @property
+    def ended(self) -> bool:
+        return self.status not in ("queued", "running")
+
 
 class RunPage(Struct):
     items: list[Run]

@@ -197,6 +197,11 @@ class RunService:
             return run, True
         return run, False
 
+    async def delete(self, owner_key_id: UUID, run_id: UUID) -> None:
+        """No longer found by its owner; a run still queued or running is cancelled first."""
+        run, _ = await self.cancel(owner_key_id, run_id)
+        await self.store.mark_deleted(owner_key_id, run.id)
+
     async def answer(self, owner_key_id: UUID, session_id: UUID, answer: str, question_id: str | None) -> None:
         await self.manager.require_valkey()
         run_id = await self._active_run_id(owner_key_id, session_id)

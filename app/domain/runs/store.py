@@ -155,7 +155,7 @@ class RunStore:
             found = (
                 await db.execute(
                     select(AgentRun, self._queue_position()).where(
-                        AgentRun.id == run_id, AgentRun.owner_key_id == owner_key_id
+                        AgentRun.id == run_id, AgentRun.owner_key_id == owner_key_id, AgentRun.deleted_at.is_(None)
                     )
                 )
             ).first()
@@ -185,7 +185,11 @@ class RunStore:
     async def list_for_session(
         self, owner_key_id: UUID, session_id: UUID, *, statuses: Sequence[str], limit: int, offset: int
     ) -> RunPage:
-        filters: list[Any] = [AgentRun.session_id == session_id, AgentRun.owner_key_id == owner_key_id]
+        filters: list[Any] = [
+            AgentRun.session_id == session_id,
+            AgentRun.owner_key_id == owner_key_id,
+            AgentRun.deleted_at.is_(None),
+        ]
         if statuses:
             filters.append(AgentRun.status.in_(list(statuses)))
         async with self.alchemy.get_session() as db:
@@ -329,6 +333,15 @@ class RunStore:
             await db.commit()
         await self.cache.put(started.session, session.owner_key_id)
         return started
+
+    async def mark_deleted(self, owner_key_id: UUID, run_id: UUID) -> None:
+        async with self.alchemy.get_session() as db:
+            await db.execute(
+                update(AgentRun)
+                .where(AgentRun.id == run_id, AgentRun.owner_key_id == owner_key_id)
+                .values(deleted_at=datetime.now(UTC))
+            )
+            await db.commit()
 
     async def run_waiting(self, run_id: UUID) -> None:
         """The run waits for an answer (`run.waiting`); its own transaction, as no run state changes."""
