@@ -30,3 +30,9 @@ backend_errors = Counter(f"{PREFIX}_backend_errors_total", "Errors talking to a 
 cache_warmed = Counter(
     f"{PREFIX}_session_cache_warmed_total", "Sessions written to the cache by startup warming (set-if-newer)."
 )
+auth_failures = Counter(
+    f"{PREFIX}_auth_failures_total",
+    "Failed authentications by outcome: unknown (looked up, no such key), cached (known unknown, no lookup), "
+    "malformed (no lookup), limited (429: too many failures from the client's address, no lookup).",
+    ["outcome"],
+)
