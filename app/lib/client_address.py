@@ -160,6 +160,7 @@ class ProxyHeadersMiddleware:
         await self.app(scope, receive, send)
 
 
+@lru_cache(maxsize=8192)  # parsing is most of a refused request's cost; an evicted entry is parsed again
 def limit_subject(host: str | None) -> str:
     """What the failed-authentication limit counts against: an IPv4 address, or an IPv6 /64 (one host usually
     has a whole /64 to pick addresses from); anything else (no address) as `unknown`."""

@@ -14,6 +14,7 @@ working while another floods)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
@@ -31,8 +32,13 @@ from app.lib.lru import BoundedTTLCache
 __all__ = ("ApiKeyAuthMiddleware", "ApiKeyAuthenticator", "Principal", "extract_key", "is_well_formed")
 
 MAX_KEY_LENGTH = 256
+# Lookups of keys not in the cache at once per worker: a burst of unknown keys holds at most this many pool
+# connections (and opens no more), whatever else needs the database meanwhile.
+MAX_CONCURRENT_LOOKUPS = 4
 # A new key must work everywhere within the documented minute, whatever AUTH_NEGATIVE_CACHE_TTL says.
 MAX_NEGATIVE_TTL = 60.0
+# The counter's children, made once: `labels()` costs more than the rest of a refused request.
+FAILURES = {outcome: metrics.auth_failures.labels(outcome) for outcome in ("unknown", "cached", "malformed", "limited")}
 INVALID = "Invalid or revoked API key."
 MALFORMED = "Malformed API key: 1-256 visible ASCII characters expected."
 
@@ -60,6 +66,7 @@ class ApiKeyAuthenticator:
         self._unknown: BoundedTTLCache[str, bool] = BoundedTTLCache(
             max(1, negative_size), max(0.0, min(negative_ttl, MAX_NEGATIVE_TTL))
         )
+        self._lookups = asyncio.Semaphore(MAX_CONCURRENT_LOOKUPS)
 
     async def authenticate(self, key: str, client: str | None = None) -> Principal:
         """The key's principal; raises 401 `NotAuthorizedException`, or 429 `ApiError` when `client` (the
@@ -78,18 +85,18 @@ class ApiKeyAuthenticator:
             subject = failures.subject(client)
             blocked = failures.blocked_for(subject)
             if blocked is not None:
-                metrics.auth_failures.labels("limited").inc()
+                FAILURES["limited"].inc()
                 raise too_many_failures(blocked, failures.limit)
             # Counted before the lookup, so concurrent requests cannot all slip past the limit.
             hit = await failures.hit(subject)
             if not hit.allowed:
-                metrics.auth_failures.labels("limited").inc()
+                FAILURES["limited"].inc()
                 raise too_many_failures(hit.retry_after, failures.limit)
-        async with self._alchemy.get_session() as db:
+        async with self._lookups, self._alchemy.get_session() as db:
             row = await ApiKeyService(session=db).find_active_by_hash(key_hash)
         if row is None:
             self._unknown.set(key_hash, True)
-            metrics.auth_failures.labels("unknown").inc()
+            FAILURES["unknown"].inc()
             raise NotAuthorizedException(INVALID)
         if hit is not None and failures is not None:
             await failures.refund(hit)
@@ -108,9 +115,9 @@ class ApiKeyAuthenticator:
                 hit = await failures.hit(subject)
                 blocked = None if hit.allowed else hit.retry_after
             if blocked is not None:
-                metrics.auth_failures.labels("limited").inc()
+                FAILURES["limited"].inc()
                 raise too_many_failures(blocked, failures.limit)
-        metrics.auth_failures.labels(outcome).inc()
+        FAILURES[outcome].inc()
         raise NotAuthorizedException(detail)
 
     def forget(self) -> None:
