@@ -22,8 +22,9 @@ from app.asgi import build_alchemy_config
 from app.db.models import ApiKey
 from app.domain.keys.hashing import fingerprint, hash_key
 from app.domain.keys.services import ApiKeyService
-from tests.conftest import Instance, InstanceFactory, make_settings
+from tests.conftest import Instance, InstanceFactory, create_api_key, make_settings
 from tests.helpers import assert_problem, wait_for
+from tests.integration.test_auth import revoke
 from tests.servers import TestServers
 
 API = "/api/v1/sessions"
@@ -137,6 +138,39 @@ async def test_failures_are_limited_across_instances_without_database_work(
         assert_problem(await get(cb, address, None), 401, "UNAUTHORIZED")
     on_a.close()
     on_b.close()
+
+
+async def test_a_verified_key_is_rechecked_outside_the_limit(
+    servers: TestServers, instance_factory: InstanceFactory
+) -> None:
+    """A neighbour behind the flooding address keeps working after its cache entry goes stale (re-checked in
+    Postgres, not refused as a guess), and a revoked key still stops working."""
+    name = f"neighbour-{secrets.token_hex(4)}"
+    key = await create_api_key(servers, name)
+    inst = await instance_factory("af-stale", **fast_settings(app__auth_cache_ttl=0.3))
+    stmts = Statements(inst)
+    address = client_address()
+    await inside_one_window()
+    async with inst.client() as c:
+        assert (await get(c, address, key)).status_code == 200
+        for _ in range(LIMIT):
+            await get(c, address, wrong_key())
+        assert_limited(await get(c, address, wrong_key()))
+        lookups = stmts.lookups
+
+        async def rechecked() -> bool:
+            resp = await get(c, address, key)
+            assert resp.status_code == 200, resp.text
+            return stmts.lookups > lookups
+
+        await wait_for(rechecked, timeout=10, what="the stale key re-checked in Postgres")
+        await revoke(servers, name)
+
+        async def refused() -> bool:
+            return (await get(c, address, key)).status_code in (401, 429)
+
+        await wait_for(refused, timeout=10, what="the revoked key refused")
+    stmts.close()
 
 
 async def test_a_concurrent_flood_reaches_postgres_at_most_limit_times(

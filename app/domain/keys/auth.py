@@ -9,12 +9,14 @@ recently used out first) and separate, so unknown keys can never push a valid ke
 Failed authentications are cheap and bounded (see `AuthFailureLimiter`): a malformed key (not 1-256 visible
 ASCII characters) or a known-unknown one never reaches the database, and a client address gets at most
 `AUTH_FAILURES_PER_MINUTE` lookups of unknown keys per minute across all instances, then 429 `RATE_LIMITED`.
-A key this instance already verified is never refused by that limit (clients behind one NAT address keep
-working while another floods)."""
+A key this instance verified in the last `AUTH_CACHE_TTL` + 10 minutes is never refused by that limit: it is
+re-checked in the database when its entry is stale, but outside the limit (it cannot be a guess), so clients
+behind one NAT address keep working while another of them floods."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
@@ -22,6 +24,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from app.db.models import ApiKey
 from app.domain.keys.hashing import hash_key
 from app.domain.keys.principal import Principal
 from app.domain.keys.rate_limit import AuthFailureLimiter, too_many_failures
@@ -35,6 +38,8 @@ MAX_KEY_LENGTH = 256
 # Lookups of keys not in the cache at once per worker: a burst of unknown keys holds at most this many pool
 # connections (and opens no more), whatever else needs the database meanwhile.
 MAX_CONCURRENT_LOOKUPS = 4
+# How long after its cache entry went stale a verified key is still re-checked outside the failure limit.
+STALE_FOR = 600.0
 # A new key must work everywhere within the documented minute, whatever AUTH_NEGATIVE_CACHE_TTL says.
 MAX_NEGATIVE_TTL = 60.0
 # The counter's children, made once: `labels()` costs more than the rest of a refused request.
@@ -62,7 +67,10 @@ class ApiKeyAuthenticator:
         self._alchemy = alchemy
         self._ttl = ttl
         self.failures = failures
-        self._cache: BoundedTTLCache[str, Principal] = BoundedTTLCache(max(1, size), ttl)
+        # A verified key: (principal, when it was verified). Fresh for `ttl`; kept for `STALE_FOR` more, so that
+        # re-checking a key that was valid is never refused by the failure limit (a client behind an address
+        # that is flooding keeps working), while a revoked key still stops working after `ttl`.
+        self._cache: BoundedTTLCache[str, tuple[Principal, float]] = BoundedTTLCache(max(1, size), ttl + STALE_FOR)
         self._unknown: BoundedTTLCache[str, bool] = BoundedTTLCache(
             max(1, negative_size), max(0.0, min(negative_ttl, MAX_NEGATIVE_TTL))
         )
@@ -74,9 +82,17 @@ class ApiKeyAuthenticator:
         if not is_well_formed(key):
             await self._refuse(client, "malformed", MALFORMED)
         key_hash = hash_key(key)
-        principal = self._cache.get(key_hash)
-        if principal is not None:
-            return principal
+        cached = self._cache.get(key_hash)
+        if cached is not None:
+            if time.monotonic() - cached[1] < self._ttl:
+                return cached[0]
+            # Valid when last checked: look it up again, outside the failure limit (it cannot be a guess).
+            row = await self._lookup(key_hash)
+            if row is not None:
+                return self._verified(key_hash, row)
+            self._cache.pop(key_hash)
+            self._unknown.set(key_hash, True)
+            await self._refuse(client, "unknown", INVALID)
         if self._unknown.get(key_hash) is not None:
             await self._refuse(client, "cached", INVALID)
         failures = self.failures
@@ -92,17 +108,23 @@ class ApiKeyAuthenticator:
             if not hit.allowed:
                 FAILURES["limited"].inc()
                 raise too_many_failures(hit.retry_after, failures.limit)
-        async with self._lookups, self._alchemy.get_session() as db:
-            row = await ApiKeyService(session=db).find_active_by_hash(key_hash)
+        row = await self._lookup(key_hash)
         if row is None:
             self._unknown.set(key_hash, True)
             FAILURES["unknown"].inc()
             raise NotAuthorizedException(INVALID)
         if hit is not None and failures is not None:
             await failures.refund(hit)
+        return self._verified(key_hash, row)
+
+    async def _lookup(self, key_hash: str) -> ApiKey | None:
+        async with self._lookups, self._alchemy.get_session() as db:
+            return await ApiKeyService(session=db).find_active_by_hash(key_hash)
+
+    def _verified(self, key_hash: str, row: ApiKey) -> Principal:
         self._unknown.pop(key_hash)
         principal = Principal(key_id=row.id, name=row.name)
-        self._cache.set(key_hash, principal)
+        self._cache.set(key_hash, (principal, time.monotonic()))
         return principal
 
     async def _refuse(self, client: str | None, outcome: str, detail: str) -> None:
