@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar.connection import ASGIConnection
@@ -127,7 +127,7 @@ class ApiKeyAuthenticator:
         self._cache.set(key_hash, (principal, time.monotonic()))
         return principal
 
-    async def _refuse(self, client: str | None, outcome: str, detail: str) -> None:
+    async def _refuse(self, client: str | None, outcome: str, detail: str) -> NoReturn:
         """A failure known without the database: counts it, then 401 (or 429 once over the limit)."""
         failures = self.failures
         if failures is not None:
