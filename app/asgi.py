@@ -28,7 +28,7 @@ from app.domain.health.controllers import HealthController
 from app.domain.idempotency.middleware import IdempotencyMiddleware
 from app.domain.idempotency.store import IdempotencyStore
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
-from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
+from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, AuthFailureLimiter, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
 from app.domain.openai.controllers import document_streams, openai_router
 from app.domain.openai.schemas import ChatCompletionRequest, ResponseCreateRequest
@@ -51,8 +51,9 @@ from app.domain.webhooks.controllers import WebhookEndpointController
 from app.domain.webhooks.delivery import WebhookDispatcher
 from app.domain.webhooks.outbox import enqueue_for_run
 from app.domain.webhooks.schemas import WebhookEndpointCreate
-from app.lib import docs, metrics, migrations, openapi, routing, tracing, worker_signals
+from app.lib import cors, docs, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
+from app.lib.client_address import ProxyHeadersMiddleware, TrustedProxies
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers
 from app.lib.valkey.control import ControlChannel, SignalMarker
@@ -156,7 +157,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             {
                 "settings": settings,
                 "alchemy_config": self.alchemy,
-                "authenticator": ApiKeyAuthenticator(self.alchemy, settings.app.auth_cache_ttl),
+                "authenticator": build_authenticator(settings, self.alchemy, self.valkey),
                 "session_infra": infra,
                 "session_reader": reader,
                 "run_manager": self.run_manager,
@@ -245,6 +246,22 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     return config
 
 
+def build_authenticator(
+    settings: Settings, alchemy: SQLAlchemyAsyncConfig, valkey: ValkeyPlugin
+) -> ApiKeyAuthenticator:
+    limit = settings.app.auth_failures_per_minute
+    failures = (
+        AuthFailureLimiter(FixedWindowRateLimiter(valkey.clients.main, limit=limit), limit=limit) if limit > 0 else None
+    )
+    return ApiKeyAuthenticator(
+        alchemy,
+        settings.app.auth_cache_ttl,
+        failures=failures,
+        negative_ttl=settings.app.auth_negative_cache_ttl,
+        negative_size=settings.app.auth_negative_cache_size,
+    )
+
+
 def build_rate_limiters(settings: Settings, valkey: ValkeyPlugin) -> dict[str, FixedWindowRateLimiter]:
     # Runs count against the default budget too; their own budget exists only when set (> 0).
     limits = {DEFAULT_GROUP: settings.app.rate_limit_per_minute, RUNS_GROUP: settings.app.rate_limit_runs_per_minute}
@@ -255,6 +272,11 @@ def build_rate_limiters(settings: Settings, valkey: ValkeyPlugin) -> dict[str, F
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
+    # Bad values fail here, at startup, with the setting's name.
+    proxies = TrustedProxies.from_strings(settings.app.trusted_proxies)
+    cors_config = cors.build_cors_config(
+        settings.app.cors_allow_origins, allow_credentials=settings.app.cors_allow_credentials
+    )
     if not settings.db.url or not settings.valkey.url:
         # The CLI starts embedded servers and sets both; a bare import (e.g. docs tooling) gets placeholders.
         logger.debug("DATABASE_URL or VALKEY_URL unset: the app will fail at startup unless started by `agent-api run`")
@@ -304,6 +326,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=middleware,
         exception_handlers=exception_handlers(),
         request_max_body_size=MAX_BODY_BYTES,
+        cors_config=cors_config,
         openapi_config=OpenAPIConfig(
             title="Agent API",
             version="1.0.0",
@@ -320,12 +343,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=settings.app.debug,
     )
+    cors.install(app)
     app_logging.install(
         app,
         instance_id=settings.app.instance_id,
         access_log=settings.app.log_access,
         fmt=settings.app.log_format,
     )
+    if proxies:
+        # Outermost: the access log, the limits and `request.client` see the resolved client address.
+        app.asgi_handler = ProxyHeadersMiddleware(app.asgi_handler, proxies)
     openapi.tighten_app_schema(app, REQUEST_BODIES)
     document_streams(app.openapi_schema)
     routing.fix_options_allow(app)

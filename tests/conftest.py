@@ -51,7 +51,10 @@ def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> S
         sections.setdefault(section, {})[fld] = value
     return Settings(
         app=dataclasses.replace(
-            AppSettings(), **{"instance_id": instance_id, "api_key": "", **sections.get("app", {})}
+            AppSettings(),
+            # Every test talks from 127.0.0.1 through one Valkey: the failed-authentication limit (per address,
+            # across instances) is off unless a test asks for it (tests/integration/test_auth_failures.py).
+            **{"instance_id": instance_id, "api_key": "", "auth_failures_per_minute": 0, **sections.get("app", {})},
         ),
         db=dataclasses.replace(
             DatabaseSettings(),
@@ -90,7 +93,13 @@ async def start_instance(name: str, settings: Settings) -> Instance:
     app = create_app(settings)
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,  # the app resolves X-Forwarded-For itself (TRUSTED_PROXIES), as under Granian
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

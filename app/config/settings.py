@@ -105,6 +105,16 @@ class AppSettings:
     otel_enabled: bool = field(default_factory=lambda: _env_bool("OTEL_ENABLED", False))
     """Tracing with OpenTelemetry (needs the `otel` extra); also on when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
     otel_endpoint: str = field(default_factory=lambda: _env("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+    auth_failures_per_minute: int = field(default_factory=lambda: _env_int("AUTH_FAILURES_PER_MINUTE", 20))
+    """Failed authentications per client address per minute across all instances, then 429; 0 = no limit."""
+    auth_negative_cache_ttl: float = field(default_factory=lambda: _env_float("AUTH_NEGATIVE_CACHE_TTL", 30.0))
+    """Seconds an instance remembers that a key hash is unknown (at most 60: new keys work within a minute)."""
+    auth_negative_cache_size: int = field(default_factory=lambda: _env_int("AUTH_NEGATIVE_CACHE_SIZE", 10000))
+    trusted_proxies: tuple[str, ...] = field(default_factory=lambda: _env_list("TRUSTED_PROXIES"))
+    """CIDRs whose X-Forwarded-For / Forwarded headers are believed; empty = none (the TCP peer is the client)."""
+    cors_allow_origins: tuple[str, ...] = field(default_factory=lambda: _env_list("CORS_ALLOW_ORIGINS"))
+    """Origins browsers may call the API from (`*` = any); empty = CORS off."""
+    cors_allow_credentials: bool = field(default_factory=lambda: _env_bool("CORS_ALLOW_CREDENTIALS", False))
 
 
 def _env_list(name: str) -> tuple[str, ...]:

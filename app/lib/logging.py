@@ -4,7 +4,8 @@ Both structlog loggers and the standard library's (`logging.getLogger(__name__)`
 libraries) end in one handler and one formatter, so every line has the same shape::
 
     {"event": "request", "level": "info", "timestamp": "...", "logger": "app.access", "request_id": "...",
-     "instance_id": "...", "session_id": "...", "run_id": "...", "method": "GET", "path": "...", ...}
+     "instance_id": "...", "session_id": "...", "run_id": "...", "method": "GET", "path": "...",
+     "client": "203.0.113.7", ...}
 
 Context comes from contextvars (`structlog.contextvars`): `RequestContextMiddleware` binds `request_id` and
 `instance_id` for each request, handlers bind `session_id` (`bind_log_context`), and a run's task binds its
@@ -308,11 +309,14 @@ class RequestContextMiddleware:
                 path: str = scope.get("path", "")
                 level = logging.DEBUG if path.startswith(_QUIET_PATHS) else logging.INFO
                 if access_logger.isEnabledFor(level):
+                    client = scope.get("client")
                     fields = {
                         "method": scope.get("method"),
                         "path": _mask(path),
                         "status": status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        # Behind TRUSTED_PROXIES, the address they forwarded for (app.lib.client_address).
+                        "client": client[0] if client else None,
                     }
                     if self.json_access_log is not None:
                         self.json_access_log.write(level, fields)

@@ -43,3 +43,9 @@ webhook_delivery_seconds = Histogram(
     "From the event's commit to the receiver's 2xx (retries included).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
 )
+auth_failures = Counter(
+    f"{PREFIX}_auth_failures_total",
+    "Failed authentications by outcome: unknown (looked up, no such key), cached (known unknown, no lookup), "
+    "malformed (no lookup), limited (429: too many failures from the client's address, no lookup).",
+    ["outcome"],
+)

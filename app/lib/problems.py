@@ -253,7 +253,7 @@ __all__ = ("PROBLEM_JSON", "ApiError", "Problem", "exception_handlers", "is_data
 
 _DESCRIPTIONS = {
     400: "Malformed request (code VALIDATION_ERROR).",
-    401: "Missing, invalid or revoked API key (code UNAUTHORIZED).",
+    401: "Missing, invalid, revoked or malformed API key (code UNAUTHORIZED).",
     404: "No such resource for this API key (code SESSION_NOT_FOUND).",
     409: (
         "Conflict with the session's state "
@@ -262,7 +262,10 @@ _DESCRIPTIONS = {
     412: "If-Match did not match the session's version (code VERSION_CONFLICT).",
     413: "Request body over 1 MiB (code REQUEST_TOO_LARGE).",
     422: "The body failed validation (code VALIDATION_ERROR); `errors` lists each problem.",
-    429: "Rate limit exceeded (code RATE_LIMITED); see Retry-After.",
+    429: (
+        "Rate limit exceeded (code RATE_LIMITED): requests per API key, or failed authentications per client "
+        "address (AUTH_FAILURES_PER_MINUTE); see Retry-After."
+    ),
     503: "Valkey or PostgreSQL unavailable (VALKEY_UNAVAILABLE, DATABASE_UNAVAILABLE); see Retry-After.",
 }
 

@@ -14,6 +14,9 @@ API key and starts two Granian instances (A and B, `--workers` each) on them, th
   interrupt    POST /interrupt on B -> `done` on A's stream vs a raw Valkey PUBLISH -> receive, p50 and p99
   SSE          `burst 10000` through the API vs the demo backend in-process, events/s
   rejoin       GET /events with Last-Event-ID on B -> first event vs a raw Valkey XRANGE, p50
+  auth flood   on its own one-worker instance: legitimate cached reads alone / during a flood of distinct
+               wrong keys / during a no-key flood, p50 and p99; Postgres xacts per 1,000 wrong-key requests
+               (scripts/bench/auth_flood.py; alone: `python -m scripts.bench.auth_flood`)
 
 Writes <out>/bench.json (every figure and row) and <out>/bench.png (latency distributions).
 """
@@ -41,6 +44,8 @@ import asyncpg
 import httpx
 from valkey.asyncio import Valkey
 
+from scripts.bench.auth_flood import auth_flood
+from scripts.bench.auth_flood import rows as auth_flood_rows
 from scripts.bench.loadgen import LoadSpec, _read_response
 from scripts.bench.runs import burst_in_process, burst_through_api, interrupt_latency, publish_roundtrip
 from scripts.bench.sessions import measure
@@ -234,6 +239,14 @@ def plot(distributions: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
+def print_rows(rows: list[Row]) -> None:
+    print(f"{'measure':<44}{'value':>12} {'unit':<9}{'baseline':<32}{'value':>12}{'ratio':>9}")
+    for row in rows:
+        print(
+            f"{row.name:<44}{row.value:>12.2f} {row.unit:<9}{row.baseline_name:<32}{row.baseline:>12.2f}{row.ratio:>9.2f}"
+        )
+
+
 async def run(args: argparse.Namespace) -> int:
     quick: bool = args.quick
     n_seq = 200 if quick else 1000
@@ -392,6 +405,10 @@ async def run(args: argparse.Namespace) -> int:
             for proc in (proc_a, proc_b):
                 if proc.proc.poll() is not None:
                     raise RuntimeError(f"{proc.instance_id} exited during the run")
+
+            # -- unauthenticated floods (issue 16) ------------------------------------------------------------------
+            figures["auth_flood"] = await auth_flood(servers, key, quick=quick, loadgen="python")
+            rows += [Row(*fields) for fields in auth_flood_rows(figures["auth_flood"])]
     finally:
         await pg.close()
         await vk.aclose()
@@ -404,11 +421,7 @@ async def run(args: argparse.Namespace) -> int:
         f"Two Granian instances x {args.workers} worker(s), embedded Postgres + Valkey, {os.cpu_count()} CPUs shared "
         f"by servers and load ({'quick' if quick else 'full'} run; load: {bare.generator})."
     )
-    print(f"{'measure':<44}{'value':>12} {'unit':<9}{'baseline':<28}{'value':>12}{'ratio':>9}")
-    for row in rows:
-        print(
-            f"{row.name:<44}{row.value:>12.2f} {row.unit:<9}{row.baseline_name:<28}{row.baseline:>12.2f}{row.ratio:>9.2f}"
-        )
+    print_rows(rows)
     print(
         f"lost updates in 100 concurrent PATCHes: {figures['contended_patch']['lost_updates']} (must be 0); "
         f"statuses {figures['contended_patch']['statuses']}"

@@ -7,9 +7,11 @@ chunked), records the latency and repeats until the deadline. Loopback use only;
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import multiprocessing
+import os
 import re
 import subprocess
 import tempfile
@@ -30,6 +32,8 @@ class LoadSpec:
     duration: float = 10.0
     warmup: float = 2.0
     expect_status: int = 200
+    random_api_key: bool = False
+    """Send a new random (wrong) `X-API-Key` with every request, e.g. a flood of guessed keys."""
 
 
 @dataclass
@@ -50,6 +54,14 @@ class LoadResult:
         return asdict(self)
 
 
+# Replaced by a fresh random key in each request of a `random_api_key` load: the same length as a real key.
+_KEY_PLACEHOLDER = b"aak_" + b"X" * 43
+
+
+def _random_key() -> bytes:
+    return b"aak_" + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=")
+
+
 def _request_bytes(spec: LoadSpec) -> tuple[str, int, bytes]:
     parts = urlsplit(spec.url)
     if parts.scheme != "http" or parts.hostname not in {"127.0.0.1", "localhost", "::1"}:
@@ -58,6 +70,8 @@ def _request_bytes(spec: LoadSpec) -> tuple[str, int, bytes]:
     if parts.query:
         path += "?" + parts.query
     headers = {"Host": parts.netloc, "Connection": "keep-alive", "Accept": "application/json", **spec.headers}
+    if spec.random_api_key:
+        headers["X-API-Key"] = _KEY_PLACEHOLDER.decode()
     if spec.body or spec.method in {"POST", "PUT", "PATCH"}:
         headers["Content-Length"] = str(len(spec.body))
     head = f"{spec.method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
@@ -95,7 +109,13 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 
 
 async def _connection(
-    host: str, port: int, payload: bytes, until: float, latencies: list[float], statuses: dict[int, int]
+    host: str,
+    port: int,
+    payload: bytes,
+    until: float,
+    latencies: list[float],
+    statuses: dict[int, int],
+    random_key: bool = False,
 ) -> int:
     errors = 0
     reader: asyncio.StreamReader | None = None
@@ -106,8 +126,9 @@ async def _connection(
             if writer is None:
                 reader, writer = await asyncio.open_connection(host, port)
             assert reader is not None
+            request = payload.replace(_KEY_PLACEHOLDER, _random_key()) if random_key else payload
             started = clock()
-            writer.write(payload)
+            writer.write(request)
             status, keep_alive = await _read_response(reader)
             latencies.append(clock() - started)
             statuses[status] = statuses.get(status, 0) + 1
@@ -134,7 +155,10 @@ async def _phase(spec: LoadSpec, seconds: float) -> tuple[list[float], dict[int,
     started = time.perf_counter()
     until = started + seconds
     errors = await asyncio.gather(
-        *(_connection(host, port, payload, until, latencies, statuses) for _ in range(spec.connections))
+        *(
+            _connection(host, port, payload, until, latencies, statuses, spec.random_api_key)
+            for _ in range(spec.connections)
+        )
     )
     return latencies, statuses, sum(errors), time.perf_counter() - started
 

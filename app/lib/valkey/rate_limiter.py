@@ -18,6 +18,11 @@ class RateDecision:
     remaining: int
     reset_after: int
     """Seconds until the window resets."""
+    window_start: int = 0
+    """The window the hit counted in (for `refund`)."""
+
+
+_REFUND = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0"
 
 
 class FixedWindowRateLimiter:
@@ -41,4 +46,12 @@ class FixedWindowRateLimiter:
             limit=self.limit,
             remaining=max(0, self.limit - int(count)),
             reset_after=reset_after,
+            window_start=window_start,
         )
+
+    async def refund(self, subject: str, window_start: int) -> None:
+        """Takes back one hit counted in the window `window_start` (a no-op once that window has expired)."""
+        key = global_key(f"ratelimit:{subject}:{window_start}")
+        async with bounded():
+            # Decrement only an existing counter: never make one (without a TTL) for an expired window.
+            await self._client.eval(_REFUND, 1, key)  # type: ignore[misc]
