@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar_granian import GranianPlugin
 
 from app.config.settings import Settings, get_settings
-from app.domain.health.controllers import HealthController
+from app.domain.health.controllers import HealthController, StartupWork
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
 from app.domain.keys.rate_limit import DEFAULT_GROUP, RUNS_GROUP, RateLimitMiddleware
 from app.domain.keys.services import ApiKeyService
@@ -43,7 +45,7 @@ from app.domain.sessions.warming import CacheWarmer
 from app.lib import docs, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
-from app.lib.problems import exception_handlers
+from app.lib.problems import exception_handlers, is_database_unavailable
 from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
@@ -60,6 +62,9 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = ["^/health/", "^/docs", "^/metrics", "^/schema"]
+# Backoff of the startup database work while Postgres is down (seconds).
+STARTUP_RETRY_MIN = 0.5
+STARTUP_RETRY_MAX = 5.0
 
 
 class MetricsController(PrometheusController):
@@ -74,6 +79,8 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         self.settings = settings
         self.alchemy = alchemy
         self.valkey = valkey
+        self.startup_work = StartupWork()
+        self.startup_retry: asyncio.Task[None] | None = None
 
     def on_cli_init(self, cli: object) -> None:
         from app.domain.keys.cli import keys_group
@@ -119,6 +126,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
                 "run_manager": self.run_manager,
                 "event_follower": self.follower,
                 "run_reaper": self.reaper,
+                "startup_work": self.startup_work,
             }
         )
         # Under Granian, SIGTERM drains first, while the server still serves (SPEC §6); elsewhere the lifespan
@@ -143,17 +151,50 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         self.follower.close()
 
     async def stop_background_work(self) -> None:
+        if self.startup_retry is not None:
+            self.startup_retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.startup_retry
         await self.warmer.stop()
         await self.reaper.stop()
         await self.drain()  # at once if SIGTERM already drained (app.lib.worker_signals)
         await self.run_manager.close()
 
     async def prepare_database(self) -> None:
+        """Migrations and the bootstrap key. With Postgres down the server starts anyway (live, not ready) and
+        retries in the background; `/health/ready` is 503 `starting` until it is done."""
+        try:
+            await self._prepare_database()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.warning("Postgres unavailable at startup: serving, not ready; retrying the startup work")
+            self.startup_retry = asyncio.create_task(self._retry_prepare_database(), name="startup-database-work")
+        else:
+            self.startup_work.done = True
+
+    async def _prepare_database(self) -> None:
         if self.settings.db.migrate_on_startup:
             await migrations.upgrade(self.alchemy)
         if self.settings.app.api_key:
             async with self.alchemy.get_session() as db:
                 await ApiKeyService(session=db).ensure_bootstrap(self.settings.app.api_key)
+
+    async def _retry_prepare_database(self) -> None:
+        delay = STARTUP_RETRY_MIN
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._prepare_database()
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    logger.exception("startup database work failed; not retrying (the instance stays not ready)")
+                    return
+                delay = min(delay * 2, STARTUP_RETRY_MAX)
+            else:
+                self.startup_work.done = True
+                logger.info("startup database work done: ready")
+                return
 
 
 def observe_lock(outcome: str, waited: float) -> None:
