@@ -21,7 +21,7 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins import CLIPluginProtocol, InitPluginProtocol
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from litestar_granian import GranianPlugin
 
 from app.config.settings import Settings, get_settings
@@ -42,7 +42,7 @@ from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.sessions.services import SessionInfra
 from app.domain.sessions.warming import CacheWarmer
-from app.lib import docs, metrics, migrations, openapi, routing, tracing, worker_signals
+from app.lib import docs, edge, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
 from app.lib.problems import exception_handlers, is_database_unavailable
@@ -247,8 +247,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             max_connections=settings.valkey.max_connections,
         )
     )
-    prometheus = PrometheusConfig(app_name="agent_api", prefix="agentapi", group_path=True, exclude=["^/metrics"])
-    middleware: list[Any] = [prometheus.middleware, DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)]
+    # Request metrics are counted at the ASGI edge (app.lib.metrics.install), where the status is the one sent.
+    middleware: list[Any] = [DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)]
     limiters = build_rate_limiters(settings, valkey)
     if limiters:
         # Inside authentication: the subject is the key's id.
@@ -295,6 +295,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=settings.app.debug,
     )
+    edge.install(app)
+    metrics.install(app, app_name="agent_api")
     app_logging.install(
         app,
         instance_id=settings.app.instance_id,
