@@ -45,7 +45,7 @@ from app.domain.sessions.warming import CacheWarmer
 from app.lib import docs, edge, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.db import lazy_autocommit_handler
-from app.lib.problems import exception_handlers, is_database_unavailable
+from app.lib.problems import ERROR_CODES_DOC, exception_handlers, is_database_unavailable
 from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
@@ -282,7 +282,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Agent API",
             version="1.0.0",
-            description="Runs Claude agent sessions for REST and Server-Sent-Events clients.",
+            description="Runs Claude agent sessions for REST and Server-Sent-Events clients.\n\n" + ERROR_CODES_DOC,
             path="/docs",
             render_plugins=[docs.swagger_render_plugin()],
             components=Components(
