@@ -37,6 +37,7 @@ from app.domain.runs.schemas import AnswerRequest, QueryRequest, ResumeRequest
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
+from app.domain.sessions.invalidations import InvalidationSweeper, PendingInvalidations
 from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
@@ -91,8 +92,12 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         settings = self.settings
         clients = self.valkey.clients
         backend = build_backend(settings, self.alchemy)
+        cache = SessionCache(
+            VersionedCache(clients.main, ttl=settings.sessions.cache_ttl, getter=clients.getter),
+            on_missed_write=PendingInvalidations(self.alchemy).record,
+        )
         infra = SessionInfra(
-            cache=SessionCache(VersionedCache(clients.main, ttl=settings.sessions.cache_ttl, getter=clients.getter)),
+            cache=cache,
             lock=DistributedLock(
                 clients.main,
                 ttl_ms=settings.sessions.lock_ttl_ms,
@@ -115,6 +120,12 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             count=settings.sessions.cache_warm_count,
             timeout=settings.sessions.cache_warm_timeout,
             instance_id=settings.app.instance_id,
+        )
+        self.sweeper = InvalidationSweeper(
+            cache,
+            self.alchemy,
+            interval=settings.sessions.cache_sweep_interval,
+            batch=settings.sessions.cache_sweep_batch,
         )
         app_config.state.update(
             {
@@ -141,6 +152,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
     async def start_background_work(self) -> None:
         await self.run_manager.start_listening()
         self.reaper.start()
+        self.sweeper.start()
         # In the background: readiness never waits for it.
         self.warmer.start()
 
@@ -156,6 +168,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             with contextlib.suppress(asyncio.CancelledError):
                 await self.startup_retry
         await self.warmer.stop()
+        await self.sweeper.stop()
         await self.reaper.stop()
         await self.drain()  # at once if SIGTERM already drained (app.lib.worker_signals)
         await self.run_manager.close()

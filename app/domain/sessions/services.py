@@ -138,7 +138,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     async def load_and_cache(self, session_id: UUID, owner_key_id: UUID) -> Session:
         """A cache miss: read Postgres and re-cache (set-if-newer, so a racing writer always wins)."""
         session = to_schema(await self.load_owned(session_id, owner_key_id))
-        await self.cache.put(session, owner_key_id)
+        await self.cache.put(session, owner_key_id, after_write=False)
         return session
 
     async def list_sessions(
