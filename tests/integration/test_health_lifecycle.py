@@ -16,15 +16,16 @@ API = "/api/v1/sessions"
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("migrate", [False, True], ids=["bootstrap-key", "migrations-and-bootstrap-key"])
 async def test_starts_while_postgres_is_down_and_becomes_ready_by_itself(
-    servers: TestServers, instance_factory: InstanceFactory
+    servers: TestServers, instance_factory: InstanceFactory, migrate: bool
 ) -> None:
     if not servers.can_inject_faults:
         pytest.skip("needs the embedded servers")
     bootstrap = f"boot-{secrets.token_hex(16)}"
     servers.stop_postgres()
     try:
-        inst = await asyncio.wait_for(instance_factory("pg-down", app__api_key=bootstrap), 30)
+        inst = await asyncio.wait_for(instance_factory("pg-down", app__api_key=bootstrap, db__migrate_on_startup=migrate), 30)
         async with inst.client() as anon:
             assert (await anon.get("/health/live")).status_code == 200
             ready = await anon.get("/health/ready")
