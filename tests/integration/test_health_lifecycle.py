@@ -25,7 +25,9 @@ async def test_starts_while_postgres_is_down_and_becomes_ready_by_itself(
     bootstrap = f"boot-{secrets.token_hex(16)}"
     servers.stop_postgres()
     try:
-        inst = await asyncio.wait_for(instance_factory("pg-down", app__api_key=bootstrap, db__migrate_on_startup=migrate), 30)
+        inst = await asyncio.wait_for(
+            instance_factory("pg-down", app__api_key=bootstrap, db__migrate_on_startup=migrate), 30
+        )
         async with inst.client() as anon:
             assert (await anon.get("/health/live")).status_code == 200
             ready = await anon.get("/health/ready")

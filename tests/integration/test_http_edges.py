@@ -10,6 +10,7 @@ import secrets
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Instance
@@ -182,5 +183,11 @@ async def test_granian_long_urls(servers: TestServers, api_key: str, tmp_path: P
         assert status == 414 and body == b""  # Granian's own answer
         status, _, _ = await asyncio.to_thread(raw_get, proc.base_url, f"{API}?tag={'x' * 60}", api_key)
         assert status == 200
+        # HEAD behind Granian too: GET's status and headers, no body.
+        async with httpx.AsyncClient(base_url=proc.base_url, headers={"X-API-Key": api_key}, timeout=30) as c:
+            got, head = await c.get(API), await c.head(API)
+            assert head.status_code == got.status_code == 200
+            assert head.content == b""
+            assert head.headers["content-length"] == got.headers["content-length"]
     finally:
         proc.terminate()
