@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins import CLIPluginProtocol, InitPluginProtocol
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from litestar_granian import GranianPlugin
 
 from app.config.settings import Settings, get_settings
-from app.domain.health.controllers import HealthController
+from app.domain.health.controllers import HealthController, StartupWork
 from app.domain.idempotency.middleware import IdempotencyMiddleware
 from app.domain.idempotency.store import IdempotencyStore
 from app.domain.keys.auth import ApiKeyAuthenticator, ApiKeyAuthMiddleware
@@ -42,6 +43,7 @@ from app.domain.runs.store import RunStore
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
+from app.domain.sessions.invalidations import InvalidationSweeper, PendingInvalidations
 from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
@@ -51,11 +53,11 @@ from app.domain.webhooks.controllers import WebhookEndpointController
 from app.domain.webhooks.delivery import WebhookDispatcher
 from app.domain.webhooks.outbox import enqueue_for_run
 from app.domain.webhooks.schemas import WebhookEndpointCreate
-from app.lib import cors, docs, metrics, migrations, openapi, routing, tracing, worker_signals
+from app.lib import cors, docs, edge, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.client_address import ProxyHeadersMiddleware, TrustedProxies
 from app.lib.db import lazy_autocommit_handler
-from app.lib.problems import exception_handlers
+from app.lib.problems import ERROR_CODES_DOC, exception_handlers, is_database_unavailable
 from app.lib.valkey.control import ControlChannel, SignalMarker
 from app.lib.valkey.event_log import EventLog
 from app.lib.valkey.lease import RunLease
@@ -84,6 +86,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MAX_BODY_BYTES = 1024 * 1024
 IDEMPOTENCY_PURGE_INTERVAL = 600.0
 PUBLIC_PATHS = ["^/health/", "^/docs", "^/metrics", "^/schema"]
+# Backoff of the startup database work while Postgres is down (seconds).
+STARTUP_RETRY_MIN = 0.5
+STARTUP_RETRY_MAX = 5.0
 
 
 class MetricsController(PrometheusController):
@@ -98,6 +103,8 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         self.settings = settings
         self.alchemy = alchemy
         self.valkey = valkey
+        self.startup_work = StartupWork()
+        self.startup_retry: asyncio.Task[None] | None = None
 
     def on_cli_init(self, cli: object) -> None:
         from app.domain.keys.cli import keys_group
@@ -108,8 +115,12 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         settings = self.settings
         clients = self.valkey.clients
         backend = build_backend(settings, self.alchemy)
+        cache = SessionCache(
+            VersionedCache(clients.main, ttl=settings.sessions.cache_ttl, getter=clients.getter),
+            on_missed_write=PendingInvalidations(self.alchemy).record,
+        )
         infra = SessionInfra(
-            cache=SessionCache(VersionedCache(clients.main, ttl=settings.sessions.cache_ttl, getter=clients.getter)),
+            cache=cache,
             lock=DistributedLock(
                 clients.main,
                 ttl_ms=settings.sessions.lock_ttl_ms,
@@ -153,6 +164,12 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             timeout=settings.sessions.cache_warm_timeout,
             instance_id=settings.app.instance_id,
         )
+        self.sweeper = InvalidationSweeper(
+            cache,
+            self.alchemy,
+            interval=settings.sessions.cache_sweep_interval,
+            batch=settings.sessions.cache_sweep_batch,
+        )
         app_config.state.update(
             {
                 "settings": settings,
@@ -165,6 +182,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
                 "idempotency_store": self.idempotency,
                 "event_follower": self.follower,
                 "run_reaper": self.reaper,
+                "startup_work": self.startup_work,
             }
         )
         # Under Granian, SIGTERM drains first, while the server still serves (SPEC §6); elsewhere the lifespan
@@ -182,6 +200,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         self.reaper.start()
         self._purge = asyncio.create_task(self._purge_expired_idempotency_keys(), name="idempotency-purge")
         self.webhooks.start()
+        self.sweeper.start()
         # In the background: readiness never waits for it.
         self.warmer.start()
 
@@ -202,7 +221,12 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
     async def stop_background_work(self) -> None:
         if self._purge is not None:
             self._purge.cancel()
+        if self.startup_retry is not None:
+            self.startup_retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.startup_retry
         await self.warmer.stop()
+        await self.sweeper.stop()
         await self.reaper.stop()
         await self.drain()  # at once if SIGTERM already drained (app.lib.worker_signals)
         await self.run_manager.close()
@@ -211,11 +235,40 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         await self.webhooks.stop()  # after the runs: their final events are in the outbox, any instance sends them
 
     async def prepare_database(self) -> None:
+        """Migrations and the bootstrap key. With Postgres down the server starts anyway (live, not ready) and
+        retries in the background; `/health/ready` is 503 `starting` until it is done."""
+        try:
+            await self._prepare_database()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            logger.warning("Postgres unavailable at startup: serving, not ready; retrying the startup work")
+            self.startup_retry = asyncio.create_task(self._retry_prepare_database(), name="startup-database-work")
+        else:
+            self.startup_work.done = True
+
+    async def _prepare_database(self) -> None:
         if self.settings.db.migrate_on_startup:
             await migrations.upgrade(self.alchemy)
         if self.settings.app.api_key:
             async with self.alchemy.get_session() as db:
                 await ApiKeyService(session=db).ensure_bootstrap(self.settings.app.api_key)
+
+    async def _retry_prepare_database(self) -> None:
+        delay = STARTUP_RETRY_MIN
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._prepare_database()
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    logger.exception("startup database work failed; not retrying (the instance stays not ready)")
+                    return
+                delay = min(delay * 2, STARTUP_RETRY_MAX)
+            else:
+                self.startup_work.done = True
+                logger.info("startup database work done: ready")
+                return
 
 
 def observe_lock(outcome: str, waited: float) -> None:
@@ -289,8 +342,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             max_connections=settings.valkey.max_connections,
         )
     )
-    prometheus = PrometheusConfig(app_name="agent_api", prefix="agentapi", group_path=True, exclude=["^/metrics"])
-    middleware: list[Any] = [prometheus.middleware, DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)]
+    # Request metrics are counted at the ASGI edge (app.lib.metrics.install), where the status is the one sent.
+    middleware: list[Any] = [DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS)]
     limiters = build_rate_limiters(settings, valkey)
     if limiters:
         # Inside authentication: the subject is the key's id.
@@ -330,7 +383,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Agent API",
             version="1.0.0",
-            description="Runs Claude agent sessions for REST and Server-Sent-Events clients.",
+            description="Runs Claude agent sessions for REST and Server-Sent-Events clients.\n\n" + ERROR_CODES_DOC,
             path="/docs",
             render_plugins=[docs.swagger_render_plugin()],
             components=Components(
@@ -344,6 +397,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=settings.app.debug,
     )
     cors.install(app)
+    edge.install(app)
+    metrics.install(app, app_name="agent_api")
     app_logging.install(
         app,
         instance_id=settings.app.instance_id,

@@ -67,6 +67,10 @@ class SessionSettings:
     cache_warm_count: int = field(default_factory=lambda: _env_int("CACHE_WARM_COUNT", 1000))
     """Most recently active sessions put in the cache at startup; 0 disables warming."""
     cache_warm_timeout: float = field(default_factory=lambda: _env_float("CACHE_WARM_TIMEOUT", 10.0))
+    cache_sweep_interval: float = field(default_factory=lambda: _env_float("SESSION_CACHE_SWEEP_INTERVAL", 2.0))
+    """How often each instance applies the cache writes other instances missed (Valkey unreachable from them):
+    the bound on how long a partially partitioned write stays invisible to the others; 0 disables."""
+    cache_sweep_batch: int = field(default_factory=lambda: _env_int("SESSION_CACHE_SWEEP_BATCH", 500))
 
 
 @dataclass(frozen=True)

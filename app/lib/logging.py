@@ -42,6 +42,7 @@ _REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # `aak_` keys (see app.domain.keys.hashing) and anything sent as a credential header.
 _KEY_PATTERN = re.compile(r"aak_[A-Za-z0-9_-]{8,}")
+_CREDENTIAL_HEADERS = (b"x-api-key", b"authorization")
 _SECRET_FIELDS = frozenset({"authorization", "x-api-key", "api_key", "apikey", "password", "token"})
 _QUIET_PATHS = ("/health/", "/metrics")
 LOG_CONTEXT_KEYS = ("request_id", "instance_id", "session_id", "run_id")
@@ -68,16 +69,29 @@ def sane_request_id(value: str | bytes | None) -> str | None:
     return value if _SANE_REQUEST_ID.fullmatch(value) else None
 
 
+def _carries_a_credential(request_id: str, credentials: list[bytes]) -> bool:
+    """An id shaped like an API key, or containing the credential this request presents (a bootstrap `API_KEY`
+    can be any string): it would be echoed in a header and written to every log line, so it is not used."""
+    if _KEY_PATTERN.search(request_id):
+        return True
+    encoded = request_id.encode()
+    return any(len(secret) >= 8 and secret in encoded for secret in credentials)
+
+
 def request_id_from_scope(scope: Scope) -> str:
     """This request's id: the client's `X-Request-ID` when sane, else a new one; the same on every call."""
     state = scope.setdefault("state", {})
     request_id = state.get("request_id")
     if isinstance(request_id, str):
         return request_id
+    credentials: list[bytes] = []
     for name, value in scope.get("headers", ()):
         if name == _REQUEST_ID_HEADER_BYTES:
             request_id = sane_request_id(value)
-            break
+        elif name in _CREDENTIAL_HEADERS:
+            credentials.append(value.split(b" ", 1)[1].strip() if value[:7].lower() == b"bearer " else value.strip())
+    if request_id is not None and _carries_a_credential(request_id, credentials):
+        request_id = None
     request_id = request_id or new_request_id()
     state["request_id"] = request_id
     return request_id

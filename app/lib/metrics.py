@@ -3,6 +3,11 @@ directory): every worker writes there and `/metrics` aggregates them (gauges sum
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram
 
 PREFIX = "agentapi"
@@ -49,3 +54,61 @@ auth_failures = Counter(
     "malformed (no lookup), limited (429: too many failures from the client's address, no lookup).",
     ["outcome"],
 )
+
+# -- HTTP requests ------------------------------------------------------------------------------------------
+# Counted at the ASGI edge, outside Litestar's exception handling: the status is the one sent (a 401 raised by
+# the authentication middleware, a 404 from the router or a handler), not the 200 Litestar's Prometheus
+# middleware assumed when an exception passed through it. `path` is the route template; requests no route
+# matched share one label value, so a scanner cannot create unbounded series.
+
+HTTP_LABELS = ["method", "path", "status_code", "app_name"]
+UNMATCHED_PATH = "unmatched"
+
+requests_total = Counter(f"{PREFIX}_requests_total", "HTTP requests by status as sent.", HTTP_LABELS)
+request_duration_seconds = Histogram(
+    f"{PREFIX}_request_duration_seconds", "From request start to the end of the response, in seconds.", HTTP_LABELS
+)
+requests_error_total = Counter(f"{PREFIX}_requests_error_total", "HTTP requests answered with a 5xx.", HTTP_LABELS)
+requests_in_progress = Gauge(
+    f"{PREFIX}_requests_in_progress", "HTTP requests being served.", ["method", "app_name"], multiprocess_mode="livesum"
+)
+
+
+class RequestMetricsMiddleware:
+    """ASGI layer counting every HTTP request with the status it was answered with."""
+
+    def __init__(self, app: ASGIApp, *, app_name: str, exclude: tuple[str, ...] = ("/metrics",)) -> None:
+        self.app = app
+        self.app_name = app_name
+        self.exclude = exclude
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"].startswith(self.exclude):
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        status = 500  # an exception that escaped without a response is answered 500 by the server
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        in_progress = requests_in_progress.labels(method, self.app_name)
+        in_progress.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            in_progress.dec()
+            labels = (method, scope.get("path_template") or UNMATCHED_PATH, str(status), self.app_name)
+            requests_total.labels(*labels).inc()
+            request_duration_seconds.labels(*labels).observe(time.perf_counter() - started)
+            if status >= 500:
+                requests_error_total.labels(*labels).inc()
+
+
+def install(app: Any, *, app_name: str) -> None:
+    """Puts `RequestMetricsMiddleware` around a Litestar app's ASGI handler."""
+    app.asgi_handler = RequestMetricsMiddleware(app.asgi_handler, app_name=app_name)

@@ -81,7 +81,35 @@ def mark_optional_bodies(openapi: OpenAPI) -> OpenAPI:
     return openapi
 
 
+_PROBLEM_MEMBERS = {
+    "type": "A URI naming the problem type: `https://agent-api.dev/problems/<code, kebab-case>`.",
+    "title": "A short, human-readable summary of the problem type.",
+    "status": "The HTTP status code of the response.",
+    "code": "Machine-readable error code (see the table in the API description), e.g. `SESSION_NOT_FOUND`.",
+    "detail": "What went wrong with this request.",
+    "instance": "The request path.",
+    "errors": "Validation errors, one object per problem (422).",
+}
+
+
+def document_problems(openapi: OpenAPI) -> OpenAPI:
+    """The `Problem` component with real examples and member descriptions."""
+    from app.lib.problems import example_problem
+
+    component = (openapi.components.schemas or {}).get("Problem")
+    if component is None:
+        return openapi
+    component.description = "An RFC 9457 problem: the body of every error response."
+    component.examples = [example_problem(404), example_problem(422)]
+    for name, description in _PROBLEM_MEMBERS.items():
+        member = (component.properties or {}).get(name)
+        if isinstance(member, Schema):
+            member.description = description
+            member.examples = None
+    return openapi
+
+
 def tighten_app_schema(app: Litestar, structs: Iterable[type[msgspec.Struct]]) -> None:
     """Builds the app's OpenAPI document now (Litestar caches it) and tightens it in place; call it once all
     routes are registered."""
-    mark_optional_bodies(tighten(app.openapi_schema, structs))
+    document_problems(mark_optional_bodies(tighten(app.openapi_schema, structs)))

@@ -2,7 +2,7 @@
 durable Idempotency-Key records
 
 Revision ID: 0006_runs
-Revises: 0004
+Revises: 0005_cache_invalidations
 Create Date: 2026-12-01 10:20:00
 
 """
@@ -16,7 +16,7 @@ from advanced_alchemy.types import GUID, DateTimeUTC
 __all__ = ("downgrade", "upgrade")
 
 revision = "0006_runs"
-down_revision = "0004"
+down_revision = "0005_cache_invalidations"
 branch_labels = None
 depends_on = None
 

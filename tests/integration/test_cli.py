@@ -172,3 +172,30 @@ async def test_keys_create_on_a_brand_new_database(servers: TestServers) -> None
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
         await admin.close()
+
+
+async def key_names(servers: TestServers) -> set[str]:
+    config = build_alchemy_config(make_settings(servers, "cli-check"))
+    try:
+        async with config.get_engine().connect() as conn:
+            return set((await conn.execute(text("SELECT name FROM api_key"))).scalars().all())
+    finally:
+        await config.get_engine().dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("", "empty"), ("   ", "empty"), ("x" * 101, "100"), ("bad\nname", "control")],
+    ids=["empty", "blank", "too-long", "control-char"],
+)
+async def test_keys_create_refuses_bad_names_clearly(servers: TestServers, name: str, reason: str) -> None:
+    """Issue 18 item 12: a clear message and a non-zero exit, no traceback, no row."""
+    before = await key_names(servers)
+    result = await agent_api(servers, "keys", "create", "--name", name)
+    assert result.code != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert "asyncpg" not in output, output
+    assert "--name" in output and reason in output, output
+    assert "aak_" not in output
+    assert await key_names(servers) == before

@@ -90,6 +90,9 @@ async def test_sigterm_to_agent_api_run_drains_while_still_serving(
                     await wait_for(refuses_runs, timeout=2, interval=0.05, what="new runs refused with 503")
                     read = await cp.get(f"/api/v1/sessions/{long_sid}")
                     assert read.status_code == 200 and read.json()["status"] == "running"
+                    # Not ready while draining, so load balancers stop routing here (issue 18 item 7).
+                    ready = await cp.get("/health/ready")
+                    assert ready.status_code == 503 and ready.json()["status"] == "draining", ready.text
                     assert time.monotonic() - signalled < 3  # all of that inside the grace period
 
                     short_tail = [ev async for ev in short_events if not ev.comment]

@@ -1,5 +1,6 @@
 from app.db.models.agent_transcript import AgentTranscriptEntry
 from app.db.models.api_key import ApiKey
+from app.db.models.cache_invalidation import CacheInvalidation
 from app.db.models.idempotency import IdempotencyRecord
 from app.db.models.run import AgentRun
 from app.db.models.session import AgentSession
@@ -12,6 +13,7 @@ __all__ = (
     "AgentSession",
     "AgentTranscriptEntry",
     "ApiKey",
+    "CacheInvalidation",
     "IdempotencyRecord",
     "SessionEvent",
     "TranscriptEntry",

@@ -50,10 +50,19 @@ class HealthController(Controller):
 
     @get(
         "/ready",
-        summary="Readiness: Postgres and Valkey",
+        summary="Readiness: Postgres and Valkey, startup done, not draining",
         exclude_from_auth=True,
         security=[{}],
-        responses={503: ResponseSpec(data_container=Ready, description="Postgres is unreachable")},
+        responses={
+            503: ResponseSpec(
+                data_container=Ready,
+                description=(
+                    "Not ready: `unavailable` (Postgres is unreachable), `starting` (the startup database work, "
+                    "migrations and the bootstrap key, is still being retried) or `draining` (SIGTERM: the "
+                    "instance is finishing its runs and takes no new ones)."
+                ),
+            )
+        },
     )
     async def ready(self, state: State) -> Response[Ready]:
         alchemy: SQLAlchemyAsyncConfig = state["alchemy_config"]
@@ -67,11 +76,28 @@ class HealthController(Controller):
             await clients.main.ping()
 
         pg, vk = await asyncio.gather(_timed(postgres), _timed(valkey))
-        if pg["status"] != "up":
-            return Response(
-                Ready(status="unavailable", checks={"postgres": pg, "valkey": vk}),
-                status_code=503,
-                headers={"Retry-After": "2"},
-            )
+        checks = {"postgres": pg, "valkey": vk}
+        manager = state.get("run_manager")
+        startup: StartupWork | None = state.get("startup_work")
+        if startup is not None:
+            checks["startup"] = {"status": "done" if startup.done else "pending"}
+        not_ready = (
+            "draining"
+            if manager is not None and getattr(manager, "draining", False)
+            else "unavailable"
+            if pg["status"] != "up"
+            else "starting"
+            if startup is not None and not startup.done
+            else None
+        )
+        if not_ready is not None:
+            return Response(Ready(status=not_ready, checks=checks), status_code=503, headers={"Retry-After": "2"})
         status = "ok" if vk["status"] == "up" else "degraded"
-        return Response(Ready(status=status, checks={"postgres": pg, "valkey": vk}))
+        return Response(Ready(status=status, checks=checks))
+
+
+class StartupWork:
+    """Whether the startup database work (migrations, the bootstrap key) is done; readiness waits for it."""
+
+    def __init__(self) -> None:
+        self.done = False

@@ -18,6 +18,19 @@ from app.lib import migrations
 
 T = TypeVar("T")
 
+MAX_NAME_LENGTH = 100  # the `api_key.name` column
+
+
+def validate_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A key name: 1-100 characters, not blank, no control characters (it is printed in `keys list`)."""
+    if not value.strip():
+        raise click.BadParameter("must not be empty or blank")
+    if len(value) > MAX_NAME_LENGTH:
+        raise click.BadParameter(f"must be at most {MAX_NAME_LENGTH} characters (got {len(value)})")
+    if any(not ch.isprintable() for ch in value):
+        raise click.BadParameter("must not contain control characters (newlines, tabs, ...)")
+    return value
+
 
 def _run(app: Litestar, work: Callable[[ApiKeyService], Awaitable[T]]) -> T:
     # The plugin holds a list of configs; the app keeps its one config in state.
@@ -46,7 +59,9 @@ def keys_group() -> None:
 
 
 @click.command(name="create", help="Create a key; prints it once, alone on the last line.")
-@click.option("--name", required=True, help="A unique name for the key.")
+@click.option(
+    "--name", required=True, callback=validate_name, help="A unique name for the key (1-100 characters, not blank)."
+)
 def create_key(app: Litestar, name: str) -> None:
     async def work(service: ApiKeyService) -> str:
         if await service.get_one_or_none(name=name) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import msgspec
@@ -27,11 +28,20 @@ class CacheMiss:
 MISS = CacheMiss()
 
 
-class SessionCache:
-    """Reads and writes never fail a request: Valkey trouble counts as a miss (or a skipped write)."""
+MissedWrite = Callable[[UUID], Awaitable[None]]
 
-    def __init__(self, cache: VersionedCache) -> None:
+
+class SessionCache:
+    """Reads and writes never fail a request: Valkey trouble counts as a miss (or a skipped write).
+
+    A write that could not update the cache (Valkey unreachable from this instance) is remembered twice: here,
+    so this instance drops the entry as soon as its Valkey answers again, and durably through `on_missed_write`
+    (Postgres, see app.domain.sessions.invalidations), so any instance that reaches Valkey refreshes the entry
+    within seconds; the others would otherwise serve the old version until the TTL (2 h)."""
+
+    def __init__(self, cache: VersionedCache, on_missed_write: MissedWrite | None = None) -> None:
         self._cache = cache
+        self._on_missed_write = on_missed_write
         # Sessions whose cache entry we could not update after a committed write (Valkey down). Valkey may
         # come back with its old data (e.g. restored from a snapshot), so those entries are dropped as soon
         # as it answers again, and this instance never trusts them meanwhile.
@@ -43,9 +53,11 @@ class SessionCache:
             await self._cache.invalidate(session_key(session_id))
             self._unsynced.discard(session_id)
 
-    def _mark_unsynced(self, session_id: UUID) -> None:
+    async def _missed(self, session_id: UUID, *, durable: bool) -> None:
         if len(self._unsynced) < 100_000:
             self._unsynced.add(session_id)
+        if durable and self._on_missed_write is not None:
+            await self._on_missed_write(session_id)
 
     async def get(self, session_id: UUID, owner_key_id: UUID) -> Session | CacheMiss | None:
         """The session, None if it is known deleted or belongs to another key, or MISS."""
@@ -71,26 +83,39 @@ class SessionCache:
         except msgspec.DecodeError:
             return MISS
 
-    async def put(self, session: Session, owner_key_id: UUID) -> None:
-        entry = CachedSession(**{f: getattr(session, f) for f in session.__struct_fields__}, owner_key_id=owner_key_id)
+    async def put(self, session: Session, owner_key_id: UUID, *, after_write: bool = True) -> None:
+        """Caches `session` (set-if-newer). `after_write=False` for a read re-caching what it loaded: if that
+        fails nothing is stale, so nothing is recorded."""
         try:
             if self._unsynced:
                 await self._resync()
-            await self._cache.set_if_newer(session_key(session.id), session.version, _encoder.encode(entry))
+            await self.refresh(session, owner_key_id)
         except VALKEY_ERRORS:
-            self._mark_unsynced(session.id)
             logger.warning("session cache write skipped: Valkey unavailable")
+            await self._missed(session.id, durable=after_write)
+
+    async def refresh(self, session: Session, owner_key_id: UUID) -> None:
+        """Set-if-newer, raising Valkey's errors (for callers that handle them)."""
+        entry = CachedSession(**{f: getattr(session, f) for f in session.__struct_fields__}, owner_key_id=owner_key_id)
+        await self._cache.set_if_newer(session_key(session.id), session.version, _encoder.encode(entry))
 
     async def invalidate(self, session_id: UUID) -> None:
         try:
             await self._cache.invalidate(session_key(session_id))
         except VALKEY_ERRORS:
-            self._mark_unsynced(session_id)
             logger.warning("session cache invalidation skipped: Valkey unavailable")
+            await self._missed(session_id, durable=True)
 
     async def tombstone(self, session_id: UUID) -> None:
         try:
-            await self._cache.tombstone(session_key(session_id))
+            await self.tombstone_or_raise(session_id)
         except VALKEY_ERRORS:
-            self._mark_unsynced(session_id)
             logger.warning("session cache tombstone skipped: Valkey unavailable")
+            await self._missed(session_id, durable=True)
+
+    async def tombstone_or_raise(self, session_id: UUID) -> None:
+        await self._cache.tombstone(session_key(session_id))
+
+    async def ping(self) -> None:
+        """Raises Valkey's errors when it cannot be reached."""
+        await self._cache.ping()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -37,19 +38,44 @@ def with_etag(session: Session, status_code: int = 200) -> Response[Session]:
     return Response(session, status_code=status_code, headers={"ETag": f'"{session.version}"'})
 
 
-def parse_if_match(value: str | None) -> int | None:
+# One member of an If-Match list (RFC 9110 §13.1.1): `"<opaque>"` or weak `W/"<opaque>"`, then a comma or the end.
+_ENTITY_TAG = re.compile(r'\s*(?:W/)?"([^"]*)"\s*(?:,|$)')
+
+
+def parse_if_match(value: str | None) -> frozenset[int] | None:
+    """The session versions an `If-Match` header accepts; None for none sent or `*` (any version).
+
+    A list matches when any member does (`"2", "9"`). Tags compare exactly, as strings: the ETag of version 5 is
+    `"5"`, so `"05"` matches no version (an empty set: 412). Weak tags (`W/"5"`) match too, although RFC 9110 asks
+    for strong comparison here: nginx with `gzip on` turns the strong ETag of a response it compresses into a weak
+    one, so a client behind it only ever sees, and echoes, `W/"5"`. A member that is not a quoted run of ASCII
+    digits (this API's only ETags) is a malformed header: 400."""
     if value is None or value.strip() == "*":
         return None
     text = value.strip()
-    if text.startswith("W/"):
-        text = text[2:]
-    text = text.strip('"')
-    # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() then refuses.
-    if not (text.isascii() and text.isdigit()):
-        raise ApiError(
-            400, "VALIDATION_ERROR", 'If-Match must be a session version such as "3".', title="Invalid If-Match"
-        )
-    return int(text)
+    versions: set[int] = set()
+    position, members = 0, 0
+    while position < len(text):
+        if text[position] in " \t,":  # empty list members are allowed (RFC 9110 §5.6.1)
+            position += 1
+            continue
+        match = _ENTITY_TAG.match(text, position)
+        # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() then refuses.
+        if match is None or not (match.group(1).isascii() and match.group(1).isdigit()):
+            raise ApiError(
+                400,
+                "VALIDATION_ERROR",
+                'If-Match must be "*" or a list of session versions such as "3" (or W/"3").',
+                title="Invalid If-Match",
+            )
+        members += 1
+        tag = match.group(1)
+        if str(int(tag)) == tag:
+            versions.add(int(tag))
+        position = match.end()
+    if members == 0:
+        raise ApiError(400, "VALIDATION_ERROR", "If-Match names no entity tag.", title="Invalid If-Match")
+    return frozenset(versions)
 
 
 class SessionController(Controller):
@@ -112,10 +138,17 @@ class SessionController(Controller):
         session_service: NamedDependency[SessionService],
         session_id: FromPath[UUID],
         data: JSONBody[SessionUpdate],
-        if_match: Annotated[str | None, HeaderParameter(name="If-Match", required=False)] = None,
+        if_match: Annotated[
+            str | None,
+            HeaderParameter(
+                name="If-Match",
+                required=False,
+                description='`*`, or one or more ETags (`"3"`, `"2", "9"`; weak `W/"3"` too): 412 unless one matches.',
+            ),
+        ] = None,
     ) -> Response[Session]:
         session = await session_service.update_session(
-            session_id, request.user.key_id, data, expected_version=parse_if_match(if_match)
+            session_id, request.user.key_id, data, expected_versions=parse_if_match(if_match)
         )
         return with_etag(session)
 

@@ -160,7 +160,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     async def load_and_cache(self, session_id: UUID, owner_key_id: UUID) -> Session:
         """A cache miss: read Postgres and re-cache (set-if-newer, so a racing writer always wins)."""
         session = to_schema(await self.load_owned(session_id, owner_key_id))
-        await self.cache.put(session, owner_key_id)
+        await self.cache.put(session, owner_key_id, after_write=False)
         return session
 
     async def list_sessions(
@@ -229,12 +229,13 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         owner_key_id: UUID,
         mutate: Callable[[AgentSession], Awaitable[None] | None],
         *,
-        expected_version: int | None = None,
+        expected_versions: frozenset[int] | None = None,
     ) -> Session:
         """Read-modify-write under the session lock, fenced by the version column.
 
         The lock keeps writers from colliding; the fence makes a writer whose lock expired fail instead of
         overwriting a newer version (it then retries on the fresh row, or answers 412 with If-Match).
+        `expected_versions` are the versions an If-Match accepts (None: any).
         The row is read `FOR UPDATE`, so writers that overlap anyway (Valkey down, or a lock that expired)
         queue in Postgres and each applies its change to the newest version instead of failing a race."""
         for _attempt in range(MAX_FENCED_RETRIES):
@@ -253,11 +254,12 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 token = None
             try:
                 row = await self.load_owned(session_id, owner_key_id, for_update=True)
-                if expected_version is not None and row.version != expected_version:
+                if expected_versions is not None and row.version not in expected_versions:
+                    sent = ", ".join(f'"{v}"' for v in sorted(expected_versions)) or "(no session version)"
                     raise ApiError(
                         412,
                         "VERSION_CONFLICT",
-                        f"If-Match version {expected_version} does not match the current version {row.version}.",
+                        f'If-Match {sent} does not match the current version "{row.version}".',
                         title="Version conflict",
                     )
                 result = mutate(row)
@@ -267,7 +269,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                     await self.repository.session.commit()
                 except StaleDataError:
                     await self.repository.session.rollback()
-                    if expected_version is not None:
+                    if expected_versions is not None:
                         raise ApiError(
                             412, "VERSION_CONFLICT", "The session changed concurrently.", title="Version conflict"
                         ) from None
@@ -284,7 +286,12 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         )
 
     async def update_session(
-        self, session_id: UUID, owner_key_id: UUID, data: SessionUpdate, *, expected_version: int | None
+        self,
+        session_id: UUID,
+        owner_key_id: UUID,
+        data: SessionUpdate,
+        *,
+        expected_versions: frozenset[int] | None,
     ) -> Session:
         model = data.model if data.model is not UNSET else None
         permission_mode = data.permission_mode if data.permission_mode is not UNSET else None
@@ -302,7 +309,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             if data.permission_mode is not UNSET:
                 row.permission_mode = data.permission_mode
 
-        session = await self.update_fenced(session_id, owner_key_id, mutate, expected_version=expected_version)
+        session = await self.update_fenced(session_id, owner_key_id, mutate, expected_versions=expected_versions)
         if data.permission_mode is not UNSET and data.permission_mode and session.active_run is not None:
             # The instance running the agent applies it live (its run manager handles the message).
             message = control.SetPermissionMode(

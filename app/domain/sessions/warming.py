@@ -114,7 +114,9 @@ class CacheWarmer:
         done = 0
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
-            await asyncio.gather(*(self.cache.put(to_schema(row), row.owner_key_id) for row in batch))
+            await asyncio.gather(
+                *(self.cache.put(to_schema(row), row.owner_key_id, after_write=False) for row in batch)
+            )
             done += len(batch)
             metrics.cache_warmed.inc(len(batch))
         return done

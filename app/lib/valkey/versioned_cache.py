@@ -54,6 +54,10 @@ class VersionedCache:
         async with bounded():
             await self._client.set(key, TOMBSTONE, ex=self.tombstone_ttl)
 
+    async def ping(self) -> None:
+        async with bounded():
+            await self._client.ping()
+
     @staticmethod
     def is_tombstone(value: bytes) -> bool:
         return value == TOMBSTONE
