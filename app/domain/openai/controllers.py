@@ -234,7 +234,7 @@ openai_router = Router(
     exception_handlers=openai_exception_handlers(),
     dependencies={
         "session_service": Provide(provide_session_service),
-        "run_service": Provide(provide_run_service),
+        "run_service": Provide(provide_run_service, sync_to_thread=False),
         "openai_service": Provide(provide_openai_service),
     },
 )
