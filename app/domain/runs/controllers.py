@@ -74,6 +74,11 @@ def sse(stream: Any, session_id: UUID, run_id: UUID) -> Stream:
     return Stream(encode_batches(stream), media_type="text/event-stream", headers=headers)
 
 
+def streamed(run_service: RunService, run: Run) -> Stream:
+    """A just-submitted run's events from its start (pings while it waits in the queue)."""
+    return sse(run_service.follower.follow(run.session_id, run.id, STREAM_START), run.session_id, run.id)
+
+
 def accepted(run: Run, status_code: int = 202) -> Response[Run]:
     return Response(run, status_code=status_code, headers={"Location": f"/api/v1/runs/{run.id}"})
 
@@ -101,8 +106,7 @@ class RunController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Stream:
         submitted = await run_service.create(request.user.key_id, data.session_id, data.options(), if_busy=data.if_busy)
-        run = submitted.run
-        return sse(run_service.follower.follow(run.session_id, run.id, STREAM_START), run.session_id, run.id)
+        return streamed(run_service, submitted.run)
 
     @post(
         "/query/single",
@@ -136,8 +140,7 @@ class RunController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Stream:
         submitted = await run_service.create(request.user.key_id, session_id, data.options(), if_busy=data.if_busy)
-        run = submitted.run
-        return sse(run_service.follower.follow(run.session_id, run.id, STREAM_START), run.session_id, run.id)
+        return streamed(run_service, submitted.run)
 
     @post(
         "/sessions/{session_id:uuid}/runs",
