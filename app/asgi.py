@@ -285,7 +285,7 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
             pool_size=settings.db.pool_size,
             max_overflow=settings.db.max_overflow,
             pool_pre_ping=True,
-            pool_timeout=max(1, round(settings.db.connect_timeout)),
+            pool_timeout=max(1, round(settings.db.pool_timeout)),
             echo=settings.db.echo,
             connect_args={"timeout": settings.db.connect_timeout, "command_timeout": settings.db.command_timeout},
         ),

@@ -37,6 +37,8 @@ class DatabaseSettings:
     pool_size: int = field(default_factory=lambda: _env_int("DATABASE_POOL_SIZE", 10))
     max_overflow: int = field(default_factory=lambda: _env_int("DATABASE_MAX_OVERFLOW", 10))
     connect_timeout: float = field(default_factory=lambda: _env_float("DATABASE_CONNECT_TIMEOUT", 3.0))
+    pool_timeout: float = field(default_factory=lambda: _env_float("DATABASE_POOL_TIMEOUT", 10.0))
+    """Seconds a request waits for a pooled connection under a burst (then 503 DATABASE_UNAVAILABLE)."""
     command_timeout: float = field(default_factory=lambda: _env_float("DATABASE_COMMAND_TIMEOUT", 10.0))
     migrate_on_startup: bool = field(default_factory=lambda: _env_bool("DATABASE_MIGRATE_ON_STARTUP", True))
     echo: bool = field(default_factory=lambda: _env_bool("DATABASE_ECHO", False))

@@ -45,7 +45,7 @@ async def test_a_run_that_cannot_start_leaves_no_session_behind(
 
 
 async def test_pool_exhaustion_is_503_not_500(instance_factory: InstanceFactory, api_key: str) -> None:
-    inst = await instance_factory("one-conn", db__pool_size=1, db__max_overflow=0, db__connect_timeout=1.0)
+    inst = await instance_factory("one-conn", db__pool_size=1, db__max_overflow=0, db__pool_timeout=1.0)
     engine = inst.app.state["alchemy_config"].get_engine()
     async with inst.client(api_key) as client:
         sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
