@@ -96,7 +96,7 @@ async def burst_through_api(ca: httpx.AsyncClient, n: int) -> float:
             if ev.event == "done":
                 break
     elapsed = time.perf_counter() - started
-    assert count == n + 3, count  # init + n messages + result + done
+    assert count == n + 4, count  # init + the user turn + n messages + result + done
     return count / elapsed
 
 

@@ -296,17 +296,22 @@ class LiveRun:
         """Events stored, final status committed, then lease released and `done` appended atomically: a
         client that sees `done` can start the next run at once."""
         outcome = self.outcome
-        await self.recorder.drain(timeout=120)
-        committed = await self._retry(
-            "commit final status",
-            lambda: self.store.finish(
-                self.run_id,
-                self.session_id,
-                status=outcome.reason,
-                result=outcome.result,
-                error=outcome.error,
-                totals=outcome.totals,
+        # Every event is in the stream before the status says the run is over; the final commit and the last
+        # events' trip to Postgres overlap (backpressure keeps that backlog small), and both precede `done`.
+        await self.recorder.drain_stream(timeout=120)
+        committed, _ = await asyncio.gather(
+            self._retry(
+                "commit final status",
+                lambda: self.store.finish(
+                    self.run_id,
+                    self.session_id,
+                    status=outcome.reason,
+                    result=outcome.result,
+                    error=outcome.error,
+                    totals=outcome.totals,
+                ),
             ),
+            self.recorder.drain(timeout=120),
         )
         metrics.active_runs.dec()
         metrics.runs_total.labels(outcome.reason).inc()

@@ -197,6 +197,15 @@ class EventRecorder:
         if not self.to_db:
             self._db_idle.set()
 
+    async def drain_stream(self, timeout: float = 30.0) -> None:
+        """Waits until every event added so far is in the stream (Postgres may still be behind)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._to_stream or not self._stream_idle.is_set():
+                    await self._stream_idle.wait()
+        except TimeoutError:
+            logger.error("run %s: stream writer did not drain within %ss", self.run_id, timeout)
+
     async def drain(self, timeout: float = 30.0) -> None:
         """Waits until every event added so far is in the stream and in Postgres."""
         try:
