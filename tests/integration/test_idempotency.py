@@ -10,7 +10,7 @@ import httpx
 from valkey.asyncio import Valkey
 
 from tests.conftest import Instance
-from tests.helpers import assert_problem, collect_sse
+from tests.helpers import assert_problem, collect_sse, wait_for
 
 
 def key() -> dict[str, str]:
@@ -129,3 +129,24 @@ async def test_malformed_keys_are_400(a: Instance, api_key: str) -> None:
             resp = await ca.post("/api/v1/sessions", json={}, headers={"Idempotency-Key": bad.encode("utf-8")})  # type: ignore[dict-item]
             assert_problem(resp, 400, "VALIDATION_ERROR")
         assert (await ca.get("/api/v1/sessions")).json()["total"] == 0
+
+
+async def test_query_single_repeat_while_its_run_goes_on_waits_for_the_same_result(
+    a: Instance, b: Instance, api_key: str
+) -> None:
+    async with a.client(api_key) as ca, b.client(api_key) as cb:
+        sid = (await ca.post("/api/v1/sessions", json={})).json()["id"]
+        headers = key()
+        body = {"prompt": "sleep 2", "session_id": sid}
+        first = asyncio.create_task(ca.post("/api/v1/query/single", json=body, headers=headers))
+
+        async def running() -> bool:
+            return (await cb.get(f"/api/v1/sessions/{sid}")).json()["active_run"] is not None
+
+        await wait_for(running, timeout=10, what="the first run started")
+        repeat = await cb.post("/api/v1/query/single", json=body, headers=headers)
+        original = await first
+        assert repeat.status_code == original.status_code == 200, repeat.text
+        assert repeat.headers["idempotent-replayed"] == "true"
+        assert repeat.json() == original.json()
+        assert (await ca.get(f"/api/v1/sessions/{sid}/runs")).json()["total"] == 1

@@ -328,3 +328,38 @@ async def test_valkey_flush_never_lets_a_second_run_start(
             items = await wait_for(persisted, timeout=10, what="done persisted")
             assert [m["event"] for m in items].count("done") == 1
             assert "RUN_LOST" not in str(items)
+
+
+async def test_a_cancelled_queued_runs_stream_ends_with_done_at_once(a: Instance, b: Instance, api_key: str) -> None:
+    async with a.client(api_key) as ca, b.client(api_key) as cb:
+        sid = await new_session(ca)
+        blocker = await start_run(ca, sid, "sleep 20")
+        queued = await start_run(ca, sid, "never", if_busy="enqueue")
+        assert queued["created_at"] <= (queued["started_at"] or queued["created_at"])
+        assert blocker["created_at"] <= blocker["started_at"]
+        async with cb.stream("GET", f"/api/v1/runs/{queued['id']}/events") as follow:
+            assert (await ca.post(f"/api/v1/runs/{queued['id']}/cancel")).json()["status"] == "cancelled"
+            events = await collect_sse(follow, timeout=5)
+        assert [e.event for e in events] == ["done"]
+        assert events[0].data == {"reason": "interrupted"}
+        await ca.post(f"/api/v1/runs/{blocker['id']}/cancel")
+
+
+async def test_an_answer_without_question_id_is_recorded_with_the_question_it_answered(
+    a: Instance, b: Instance, api_key: str
+) -> None:
+    async with a.client(api_key) as ca, b.client(api_key) as cb:
+        sid = await new_session(ca)
+        run = await start_run(ca, sid, "ask ready?")
+
+        async def waiting() -> bool:
+            items = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
+            return any(m["event"] == "question" for m in items)
+
+        await wait_for(waiting, timeout=10, what="the question")
+        assert (await cb.post(f"/api/v1/sessions/{sid}/answer", json={"answer": "yes"})).status_code == 200
+        await wait_run(cb, run["id"])
+        items = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
+        question = next(m["data"] for m in items if m["event"] == "question")
+        answer = [m["data"] for m in items if m["event"] == "message" and m["data"]["role"] == "user"][-1]
+        assert answer["question_id"] == question["question_id"]

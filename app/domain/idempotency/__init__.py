@@ -7,6 +7,8 @@ from typing import Annotated
 from litestar.params import HeaderParameter
 
 IDEMPOTENT_OPT = "idempotent"
+# Request state key: an async callable(run_id) a handler calls once its run exists (see the middleware).
+ATTACH_RUN_STATE = "idempotency_attach_run"
 
 # Documents the header on every route that honours it (the middleware does the work).
 IdempotencyKey = Annotated[

@@ -22,10 +22,11 @@ from litestar.middleware import ASGIMiddleware
 from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
-from app.domain.idempotency import IDEMPOTENT_OPT
-from app.domain.idempotency.store import Claimed, IdempotencyStore, InProgress, Replay, Reused
+from app.domain.idempotency import ATTACH_RUN_STATE, IDEMPOTENT_OPT
+from app.domain.idempotency.store import Claimed, IdempotencyStore, InProgress, Replay, Reused, Running
 from app.domain.keys.auth import Principal
 from app.domain.runs.controllers import sse
+from app.domain.runs.services import query_result
 from app.lib.problems import PROBLEM_JSON, Problem, is_database_unavailable
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
             )(scope, receive, send)
         elif isinstance(begun, Replay):
             await self._replay(begun, scope, replay_receive, send, user)
+        elif isinstance(begun, Running):
+            await self._await_run(begun, scope, replay_receive, send, user)
         else:
             await self._first(begun, store, scope, replay_receive, send, next_app)
 
@@ -149,6 +152,12 @@ class IdempotencyMiddleware(ASGIMiddleware):
         self, claim: Claimed, store: IdempotencyStore, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp
     ) -> None:
         state: dict[str, Any] = {"start": None, "body": [], "done": False}
+
+        async def attach_run(run_id: UUID) -> None:
+            await store.attach_run(claim.record_id, run_id)
+
+        # A handler that answers only when its run ends (`/query/single`) names the run as soon as it exists.
+        scope.setdefault("state", {})[ATTACH_RUN_STATE] = attach_run
 
         async def capture(message: Message) -> None:
             if state["done"]:
@@ -191,6 +200,19 @@ class IdempotencyMiddleware(ASGIMiddleware):
             raise
         if not state["done"]:
             await store.abandon(claim.record_id)
+
+    async def _await_run(self, running: Running, scope: Scope, receive: Receive, send: Send, user: Principal) -> None:
+        """A repeat of `/query/single` while its run goes on: the same answer, once the run has ended."""
+        run_service = scope["app"].state["run_service"]
+        run = await run_service.get(user.key_id, running.run_id)
+        while not run.ended:
+            run = await run_service.wait(user.key_id, running.run_id, 30)
+        await ASGIResponse(
+            body=msgspec.json.encode(query_result(run)),
+            status_code=200,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true", "X-Run-ID": str(run.id), "X-Session-ID": str(run.session_id)},
+        )(scope, receive, send)
 
     async def _replay(self, replay: Replay, scope: Scope, receive: Receive, send: Send, user: Principal) -> None:
         headers = {**replay.headers, "Idempotent-Replayed": "true"}

@@ -40,11 +40,18 @@ class InProgress:
 
 
 @dataclass(frozen=True)
+class Running:
+    """The first request is still answering, but the run it started exists (e.g. `/query/single`)."""
+
+    run_id: UUID
+
+
+@dataclass(frozen=True)
 class Reused:
     pass
 
 
-Begin = Claimed | Replay | InProgress | Reused
+Begin = Claimed | Replay | InProgress | Running | Reused
 
 
 class IdempotencyStore:
@@ -95,6 +102,8 @@ class IdempotencyStore:
                 return Reused()
             if row.state == "done" and row.status_code is not None:
                 return Replay(row.status_code, row.body, dict(row.headers or {}))
+            if row.headers and row.headers.get("x-run-id"):
+                return Running(UUID(row.headers["x-run-id"]))
             if now - row.updated_at < STALE_CLAIM:
                 return InProgress()
             taken = await db.execute(
@@ -119,6 +128,16 @@ class IdempotencyStore:
                     headers=headers,
                     updated_at=datetime.now(UTC),
                 )
+            )
+            await db.commit()
+
+    async def attach_run(self, record_id: int, run_id: UUID) -> None:
+        """The run a still-pending request started: a repeat meanwhile waits for that run instead of a 409."""
+        async with self.alchemy.get_session() as db:
+            await db.execute(
+                update(IdempotencyRecord)
+                .where(IdempotencyRecord.id == record_id, IdempotencyRecord.state == "pending")
+                .values(headers={"x-run-id": str(run_id)})
             )
             await db.commit()
 

@@ -11,7 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from msgspec import Meta, Struct
 
-from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
+from app.domain.idempotency import ATTACH_RUN_STATE, IDEMPOTENT_OPT, IdempotencyKey
 from app.domain.keys.auth import Principal
 from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
 from app.domain.runs.dependencies import provide_run_service
@@ -122,7 +122,10 @@ class RunController(Controller):
         data: JSONBody[QueryRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> QueryResult:
-        return await run_service.single(request.user.key_id, data.session_id, data.options(), data.if_busy)
+        attach_run = request.state.get(ATTACH_RUN_STATE)
+        return await run_service.single(
+            request.user.key_id, data.session_id, data.options(), data.if_busy, on_started=attach_run
+        )
 
     @post(
         "/sessions/{session_id:uuid}/resume",

@@ -80,6 +80,8 @@ class LiveRun:
         self.lease_lost = False
         self.finished = asyncio.Event()
         self.outcome = Outcome()
+        self.open_questions: list[str] = []
+        """Ids of the `question` events not yet answered, oldest first (an answer without an id meets the oldest)."""
         self.task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -96,9 +98,12 @@ class LiveRun:
     async def answer(self, answer: str, question_id: str | None) -> AnswerOutcome:
         outcome = await self.agent.answer(answer, question_id)
         if outcome == "delivered":
+            answered = question_id or (self.open_questions[0] if self.open_questions else None)
+            if answered in self.open_questions:
+                self.open_questions.remove(answered)
             # The user's side of the conversation, as delivered (SPEC §3).
             message: dict[str, Any] = {"role": "user", "content": [{"type": "text", "text": answer}]}
-            message["question_id"] = question_id
+            message["question_id"] = answered
             message["uuid"] = str(uuid.uuid4())
             self.recorder.add_now("message", message)
         return outcome
@@ -218,6 +223,8 @@ class LiveRun:
                     }
                 await self.recorder.add(name, data)
                 if name == "question":
+                    if data.get("question_id"):
+                        self.open_questions.append(str(data["question_id"]))
                     await self._tell_waiting()
                 if name == "init":
                     recorded_prompt = True

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from uuid import UUID
 
 import msgspec
@@ -15,9 +15,11 @@ import msgspec
 from app.db.models import AgentSession
 from app.domain.runs.errors import no_pending_question, not_running, valkey_unavailable
 from app.domain.runs.manager import RunManager
+from app.domain.runs.recorder import persist_events, stream_fields
 from app.domain.runs.schemas import IfBusy, QueryResult, Run, RunError, RunOptions, RunPage
 from app.domain.runs.store import RunStore, Submitted, is_ended
 from app.domain.runs.streams import EventFollower
+from app.domain.sessions.keys import events_key
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import Usage
 from app.lib.problems import ApiError, is_valkey_unavailable
@@ -87,11 +89,20 @@ class RunService:
         return await self.manager.submit(owner_key_id, session_id, options, if_busy=if_busy, new_session=new_session)
 
     async def single(
-        self, owner_key_id: UUID, session_id: UUID | None, options: RunOptions, if_busy: IfBusy
+        self,
+        owner_key_id: UUID,
+        session_id: UUID | None,
+        options: RunOptions,
+        if_busy: IfBusy,
+        *,
+        on_started: Callable[[UUID], Awaitable[None]] | None = None,
     ) -> QueryResult:
-        """Starts a run and waits for its end; a failed run is the same shape with `is_error` and `error`."""
+        """Starts a run and waits for its end; a failed run is the same shape with `is_error` and `error`.
+        `on_started` hears the run's id as soon as it exists (an Idempotency-Key repeat then waits for it)."""
         submitted = await self.create(owner_key_id, session_id, options, if_busy=if_busy)
         run = submitted.run
+        if on_started is not None:
+            await on_started(run.id)
         async for batch in self.follower.follow(run.session_id, run.id, STREAM_START):
             if batch and batch[-1].event == "done":
                 break
@@ -189,6 +200,7 @@ class RunService:
         run = await self.store.get(owner_key_id, run_id)
         if run.status == "queued":
             if await self.store.cancel_queued(owner_key_id, run_id):
+                await self._end_stream_of_cancelled(run)
                 return await self.store.get(owner_key_id, run_id), False
             run = await self.store.get(owner_key_id, run_id)  # it started (or ended) meanwhile
         if run.status == "running":
@@ -201,6 +213,18 @@ class RunService:
         """No longer found by its owner; a run still queued or running is cancelled first."""
         run, _ = await self.cancel(owner_key_id, run_id)
         await self.store.mark_deleted(owner_key_id, run.id)
+
+    async def _end_stream_of_cancelled(self, run: Run) -> None:
+        """A cancelled run never started, yet a client may follow it (a queued `/query`): its stream ends with
+        `done` `{reason: interrupted}` like any run stopped by a client (the run itself says `cancelled`)."""
+        done = msgspec.json.encode({"reason": "interrupted"})
+        try:
+            (entry_id,) = await self.manager.events.append_many(
+                events_key(run.session_id), [stream_fields("done", done, run.id)]
+            )
+            await persist_events(self.store.alchemy, run.session_id, [(entry_id, "done", done, run.id)])
+        except Exception:
+            logger.warning("run %s: cancelled, but its stream could not be ended", run.id, exc_info=True)
 
     async def answer(self, owner_key_id: UUID, session_id: UUID, answer: str, question_id: str | None) -> None:
         await self.manager.require_valkey()

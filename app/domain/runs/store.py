@@ -249,6 +249,8 @@ class RunStore:
                 session = found
             run = AgentRun(
                 id=UUID(str(uuid7())),
+                created_at=now,
+                updated_at=now,
                 session_id=session.id,
                 owner_key_id=owner_key_id,
                 input=msgspec.to_builtins(options),
