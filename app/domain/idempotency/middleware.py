@@ -9,6 +9,7 @@ first is still being accepted is 409 `IDEMPOTENCY_IN_PROGRESS`. Error outcomes (
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -27,7 +28,7 @@ from app.domain.idempotency.store import Claimed, IdempotencyStore, InProgress, 
 from app.domain.keys.auth import Principal
 from app.domain.runs.controllers import sse
 from app.domain.runs.services import query_result
-from app.lib.problems import PROBLEM_JSON, Problem, is_database_unavailable
+from app.lib.problems import PROBLEM_JSON, ApiError, Problem, is_database_unavailable, is_valkey_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ KEPT_HEADERS = ("content-type", "location", "etag", "x-session-id", "x-run-id")
 # Bodies larger than Litestar accepts are refused by it (413); they are never remembered.
 MAX_BODY = 1024 * 1024
 STREAM_TYPE = "text/event-stream"
+# Tries to store an outcome through a Postgres blip (about 5 s in all).
+REMEMBER_ATTEMPTS = 8
 
 
 def _problem(
@@ -52,6 +55,17 @@ def _problem(
         instance=scope["path"],
     )
     return ASGIResponse(body=msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _database_unavailable(scope: Scope) -> ASGIResponse:
+    return _problem(
+        scope,
+        503,
+        "DATABASE_UNAVAILABLE",
+        "Database unavailable",
+        "PostgreSQL cannot be reached; try again shortly.",
+        {"Retry-After": "2"},
+    )
 
 
 async def _read_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes, bool]:
@@ -141,10 +155,30 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 "A request with this Idempotency-Key is still being accepted; retry shortly.",
                 {"Retry-After": "1"},
             )(scope, receive, send)
-        elif isinstance(begun, Replay):
-            await self._replay(begun, scope, replay_receive, send, user)
-        elif isinstance(begun, Running):
-            await self._await_run(begun, scope, replay_receive, send, user)
+        elif isinstance(begun, Replay | Running):
+            try:
+                if isinstance(begun, Replay):
+                    await self._replay(begun, scope, replay_receive, send, user)
+                else:
+                    await self._await_run(begun, scope, replay_receive, send, user)
+            except ApiError as exc:  # e.g. the replayed run's stream needs Valkey
+                await _problem(scope, exc.status, exc.code, exc.title, exc.detail or "", exc.headers)(
+                    scope, receive, send
+                )
+            except Exception as exc:
+                if is_valkey_unavailable(exc):
+                    await _problem(
+                        scope,
+                        503,
+                        "VALKEY_UNAVAILABLE",
+                        "Valkey unavailable",
+                        "Valkey cannot be reached; try again shortly.",
+                        {"Retry-After": "2"},
+                    )(scope, receive, send)
+                elif is_database_unavailable(exc):
+                    await _database_unavailable(scope)(scope, receive, send)
+                else:
+                    raise
         else:
             await self._first(begun, store, scope, replay_receive, send, next_app)
 
@@ -168,13 +202,13 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
                 if status >= 400:
                     state["done"] = True
-                    await store.abandon(claim.record_id)
+                    await _best_effort(store.abandon(claim.record_id), "forget the claim")
                     await send(message)
                     return
                 if headers.get("content-type", "").startswith(STREAM_TYPE):
                     # A stream is remembered by the run it streams, before its first byte goes out.
                     state["done"] = True
-                    await store.complete(claim.record_id, status, None, _kept(headers))
+                    await _remember(store, claim.record_id, status, None, _kept(headers))
                     await send(message)
                     return
                 state["start"] = (message, status, headers)
@@ -186,7 +220,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 start, status, headers = state["start"]
                 state["done"] = True
                 payload = b"".join(state["body"])
-                await store.complete(claim.record_id, status, payload, _kept(headers))
+                await _remember(store, claim.record_id, status, payload, _kept(headers))
                 await send(start)
                 await send({"type": "http.response.body", "body": payload, "more_body": False})
                 return
@@ -196,10 +230,10 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await next_app(scope, receive, capture)
         except BaseException:
             if not state["done"]:
-                await store.abandon(claim.record_id)
+                await _best_effort(store.abandon(claim.record_id), "forget the claim")
             raise
         if not state["done"]:
-            await store.abandon(claim.record_id)
+            await _best_effort(store.abandon(claim.record_id), "forget the claim")
 
     async def _await_run(self, running: Running, scope: Scope, receive: Receive, send: Send, user: Principal) -> None:
         """A repeat of `/query/single` while its run goes on: the same answer, once the run has ended."""
@@ -228,6 +262,32 @@ class IdempotencyMiddleware(ASGIMiddleware):
         await ASGIResponse(
             body=replay.body or b"", status_code=replay.status_code, media_type=media_type, headers=headers
         )(scope, receive, send)
+
+
+async def _best_effort(write: Any, what: str) -> None:
+    """A claim that cannot be forgotten (Postgres just went away) is taken over after `STALE_CLAIM`."""
+    try:
+        await write
+    except Exception:
+        logger.warning("idempotency: could not %s", what, exc_info=True)
+
+
+async def _remember(
+    store: IdempotencyStore, record_id: int, status: int, body: bytes | None, headers: dict[str, str]
+) -> None:
+    """The outcome is stored before the client sees it, through a short Postgres outage; if it still cannot be,
+    the client gets its answer anyway (a repeat then waits out the claim, see `STALE_CLAIM`)."""
+    delay = 0.1
+    for attempt in range(REMEMBER_ATTEMPTS):
+        try:
+            await store.complete(record_id, status, body, headers)
+            return
+        except Exception:
+            if attempt == REMEMBER_ATTEMPTS - 1:
+                logger.error("idempotency: could not store the outcome of claim %s", record_id, exc_info=True)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _kept(headers: dict[str, str]) -> dict[str, str]:
