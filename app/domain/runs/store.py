@@ -15,7 +15,7 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
@@ -386,38 +386,49 @@ class RunStore:
         """Ends a running run and frees its session, in one transaction. False when the run had already
         ended (e.g. reaped while its owner was cut off): then nothing is written."""
         now = datetime.now(UTC)
+        ours = AgentSession.active_run_id == run_id
         async with self.alchemy.get_session() as db:
-            session = await self._session_for_update(db, session_id)
+            # One statement moves the run, fenced on its status (a run reaped meanwhile stays as the reaper left
+            # it); one more frees the session if this run is still its active one. The run's row lock comes
+            # first here, yet no path holds a session's lock while waiting for a running run's: no cycle.
             run = (
                 await db.execute(
-                    select(AgentRun)
-                    .where(AgentRun.id == run_id)
-                    .with_for_update()
+                    update(AgentRun)
+                    .where(AgentRun.id == run_id, AgentRun.status == "running")
+                    .values(status=status, ended_at=now, result=result, error=error, updated_at=now)
+                    .returning(AgentRun)
                     .execution_options(populate_existing=True)
                 )
             ).scalar_one_or_none()
-            if run is None or run.status != "running":
+            if run is None:
                 await db.rollback()
                 return False
-            run.status = status
-            run.ended_at = now
-            run.result = result
-            run.error = error
-            await db.flush()
+            changes: dict[str, Any] = {
+                "status": case((ours, session_status or status), else_=AgentSession.status),
+                "active_run_id": case((ours, None), else_=AgentSession.active_run_id),
+                "active_instance_id": case((ours, None), else_=AgentSession.active_instance_id),
+                "active_started_at": case((ours, None), else_=AgentSession.active_started_at),
+                "total_turns": AgentSession.total_turns + totals.num_turns,
+                "total_cost_usd": AgentSession.total_cost_usd + totals.total_cost_usd,
+                "input_tokens": AgentSession.input_tokens + totals.input_tokens,
+                "output_tokens": AgentSession.output_tokens + totals.output_tokens,
+                # The ORM's version counter, kept by hand in this one statement.
+                "version": AgentSession.version + 1,
+                "updated_at": now,
+            }
+            if totals.agent_session_id:
+                changes["agent_session_id"] = totals.agent_session_id
+                changes["agent_fork_from"] = None
+            session = (
+                await db.execute(
+                    update(AgentSession)
+                    .where(AgentSession.id == session_id)
+                    .values(**changes)
+                    .returning(AgentSession)
+                    .execution_options(populate_existing=True, synchronize_session=False)
+                )
+            ).scalar_one_or_none()
             await tell(self.hook, db, run, EVENT_BY_STATUS[status])
-            if session is not None:
-                if totals.agent_session_id:
-                    session.agent_session_id = totals.agent_session_id
-                    session.agent_fork_from = None
-                if session.active_run_id == run_id:
-                    session.status = session_status or status
-                    session.active_run_id = None
-                    session.active_instance_id = None
-                    session.active_started_at = None
-                session.total_turns += totals.num_turns
-                session.total_cost_usd += totals.total_cost_usd
-                session.input_tokens += totals.input_tokens
-                session.output_tokens += totals.output_tokens
             await db.commit()
         if session is not None:
             await self.cache.put(to_schema(session), session.owner_key_id)
