@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -34,11 +34,6 @@ class SSEEvent:
     event: str
     data: Any
     comment: bool = False
-
-
-@dataclass
-class SSEReader:
-    events: list[SSEEvent] = field(default_factory=list)
 
 
 async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:

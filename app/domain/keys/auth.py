@@ -142,11 +142,6 @@ class ApiKeyAuthenticator:
         FAILURES[outcome].inc()
         raise NotAuthorizedException(detail)
 
-    def forget(self) -> None:
-        """Drops every cached answer (operators' and tests' use only: nothing a client does calls it)."""
-        self._cache.clear()
-        self._unknown.clear()
-
 
 def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The presented key, stripped (not yet checked: see `is_well_formed`), or None when there is none."""

@@ -5,7 +5,3 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 # What a call to an unreachable or failing Valkey raises.
 VALKEY_ERRORS: tuple[type[BaseException], ...] = (ValkeyConnectionError, ValkeyTimeoutError, OSError)
-
-
-class ValkeyUnavailableError(Exception):
-    """Valkey cannot be reached; operations that need it must not fall back (no split brain)."""

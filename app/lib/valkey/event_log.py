@@ -48,10 +48,6 @@ class EventLog:
             ids = await pipe.execute()
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
-    async def expire(self, key: str, seconds: int) -> None:
-        async with bounded():
-            await self._client.expire(key, seconds)
-
     async def exists(self, key: str) -> bool:
         async with bounded():
             return bool(await self._client.exists(key))

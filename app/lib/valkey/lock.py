@@ -6,8 +6,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 from valkey.asyncio import Valkey
 
@@ -68,11 +67,3 @@ class DistributedLock:
         """Deletes the key only if it still holds our token (a lock that expired is not ours to free)."""
         async with bounded():
             return bool(await self._release(keys=[key], args=[token]))
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[str]:
-        token = await self.acquire(key)
-        try:
-            yield token
-        finally:
-            await self.release(key, token)

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
-from litestar.stores.registry import StoreRegistry
-from litestar.stores.valkey import ValkeyStore
 from valkey.asyncio import Valkey
 
 from app.lib.valkey.client import ValkeyClients
@@ -40,15 +38,5 @@ class ValkeyPlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.dependencies["valkey"] = Provide(self.provide_valkey, sync_to_thread=False)
         app_config.state["valkey_clients"] = self.clients
-        stores = (
-            app_config.stores
-            if isinstance(app_config.stores, StoreRegistry)
-            else StoreRegistry(app_config.stores or {})
-        )
-        # Litestar features that take a store by name (e.g. rate limiting) share our client.
-        stores.register(
-            "valkey", ValkeyStore(self.clients.main, handle_client_shutdown=False, namespace="agentapi:store")
-        )
-        app_config.stores = stores
         app_config.on_shutdown.append(self.clients.aclose)
         return app_config
