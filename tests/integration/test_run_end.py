@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from tests.conftest import Instance
-from tests.helpers import assert_problem, collect_sse, iter_sse
+from tests.helpers import assert_problem, collect_sse, iter_sse, wait_for
 
 
 async def test_a_finished_burst_frees_its_session_at_once(a: Instance, b: Instance, api_key: str) -> None:
@@ -54,3 +54,22 @@ async def test_last_event_id_beyond_a_live_runs_newest_event_is_400(a: Instance,
             async with cb.stream("GET", f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": ev.id}) as follow:
                 tail = await collect_sse(follow)
             assert tail[-1].event == "done"
+
+
+async def test_the_moment_a_session_reads_over_a_new_run_is_accepted(a: Instance, b: Instance, api_key: str) -> None:
+    """Issue 18 #5: the session's visible state, the lease and `done` agree. Before the fix a burst's session read
+    `completed` (active_run null) for seconds while its events drained, and a new run got 409 SESSION_BUSY."""
+    async with a.client(api_key) as ca, b.client(api_key) as cb:
+        sid = (await ca.post("/api/v1/sessions", json={})).json()["id"]
+        async with ca.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "burst 50000"}) as resp:
+            assert resp.status_code == 200
+
+            async def over() -> dict[str, object] | None:
+                session: dict[str, object] = (await cb.get(f"/api/v1/sessions/{sid}")).json()
+                return session if session["status"] != "running" else None
+
+            session = await wait_for(over, timeout=120, interval=0.02, what="the session to read over")
+            assert session["active_run"] is None
+            async with cb.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "next"}) as again:
+                assert again.status_code == 200, await again.aread()
+                assert (await collect_sse(again, timeout=60))[-1].data == {"reason": "completed"}
