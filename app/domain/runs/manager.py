@@ -17,7 +17,7 @@ from app.config.settings import Settings
 from app.db.models import AgentSession
 from app.domain.runs import control
 from app.domain.runs.errors import invalid_run_options, shutting_down, valkey_unavailable
-from app.domain.runs.lease import LeaseValue, decode_lease, encode_lease
+from app.domain.runs.lease import LeaseValue, encode_lease
 from app.domain.runs.live import LiveRun
 from app.domain.runs.recorder import EventPersister, EventRecorder
 from app.domain.runs.schemas import IfBusy, RunOptions
@@ -309,11 +309,3 @@ class RunManager:
             else:
                 outcome: AnswerOutcome = await run.answer(message.answer, message.question_id)
                 await self.channel.reply(message.reply_key, control.encode(control.AnswerReply(outcome=outcome)))
-
-    # -- reading the lease ---------------------------------------------------------------------------
-
-    async def current_lease(self, session_id: UUID) -> LeaseValue | None:
-        try:
-            return decode_lease(await self.lease.get(active_key(session_id)))
-        except VALKEY_ERRORS as exc:
-            raise valkey_unavailable() from exc
