@@ -21,7 +21,7 @@ from openai import AsyncOpenAI
 
 from app.asgi import build_alchemy_config
 from app.lib import migrations
-from tests.conftest import create_api_key, make_settings
+from tests.instances import create_api_key, make_settings
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

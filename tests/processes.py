@@ -39,7 +39,7 @@ class GranianProcess:
             "DATABASE_MIGRATE_ON_STARTUP": "false",
             "INSTANCE_ID": instance_id,
             "API_KEY": "",
-            "AUTH_FAILURES_PER_MINUTE": "0",  # all tests share 127.0.0.1 and one Valkey (see tests/conftest.py)
+            "AUTH_FAILURES_PER_MINUTE": "0",  # all tests share 127.0.0.1 and one Valkey (see tests/instances.py)
             **env,
         }
         with open(log_path, "wb") as log:

@@ -49,8 +49,8 @@ from scripts.bench.auth_flood import rows as auth_flood_rows
 from scripts.bench.loadgen import LoadSpec, _read_response
 from scripts.bench.runs import burst_in_process, burst_through_api, interrupt_latency, publish_roundtrip
 from scripts.bench.sessions import measure
-from tests.conftest import create_api_key, make_settings
 from tests.helpers import iter_sse
+from tests.instances import create_api_key, make_settings
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

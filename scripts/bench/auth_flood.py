@@ -161,7 +161,7 @@ def rows(figures: dict[str, Any]) -> list[RowFields]:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from tests.conftest import create_api_key, make_settings
+    from tests.instances import create_api_key, make_settings
 
     servers = TestServers.start()
     try:

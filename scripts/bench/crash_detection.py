@@ -17,8 +17,8 @@ import httpx
 
 from app.asgi import build_alchemy_config
 from app.lib import migrations
-from tests.conftest import create_api_key, make_settings
 from tests.helpers import iter_sse
+from tests.instances import create_api_key, make_settings
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

@@ -26,8 +26,8 @@ from valkey.asyncio import Valkey
 
 from app.agents.base import AgentRequest
 from app.agents.demo import DemoBackend
-from tests.conftest import create_api_key, make_settings
 from tests.helpers import iter_sse
+from tests.instances import create_api_key, make_settings
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

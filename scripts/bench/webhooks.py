@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 
 from scripts.bench.runs import summary
-from tests.conftest import create_api_key, make_settings
 from tests.helpers import collect_sse
+from tests.instances import create_api_key, make_settings
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 from tests.webhook_receiver import Receiver

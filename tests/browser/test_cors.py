@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.browser.test_docs import chromium_path
-from tests.conftest import InstanceFactory
+from tests.instances import InstanceFactory
 from tests.servers import free_port
 
 pytestmark = pytest.mark.browser

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Instance
+from tests.instances import Instance
 
 pytestmark = pytest.mark.browser
 

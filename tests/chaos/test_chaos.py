@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import create_api_key
 from tests.helpers import iter_sse, wait_for
+from tests.instances import create_api_key
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Instance, make_settings, start_instance
 from tests.helpers import wait_for
+from tests.instances import Instance, make_settings, start_instance
 from tests.servers import TestServers
 
 FAKE_CLI = Path(__file__).with_name("fake_cli.py")

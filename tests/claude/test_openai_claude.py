@@ -10,7 +10,7 @@ from openai import AsyncOpenAI
 pytest.importorskip("claude_agent_sdk")
 
 from tests.claude.harness import ClaudeEnv, claude_a, claude_b, claude_env
-from tests.conftest import Instance
+from tests.instances import Instance
 
 __all__ = ("claude_a", "claude_b", "claude_env")  # fixtures used by name
 

@@ -18,8 +18,8 @@ import pytest
 
 from tests.claude.fake_messages_api import FakeMessagesApi
 from tests.claude.harness import ClaudeEnv, child_pids, claude_overrides
-from tests.conftest import Instance, make_settings, start_instance
 from tests.helpers import wait_for
+from tests.instances import Instance, make_settings, start_instance
 from tests.integration.test_runs import next_event, run_to_done, session_status, start_stream
 from tests.servers import TestServers
 

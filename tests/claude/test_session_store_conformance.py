@@ -10,7 +10,7 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 
 from app.asgi import build_alchemy_config
 from app.domain.transcripts.store import PostgresSessionStore
-from tests.conftest import make_settings
+from tests.instances import make_settings
 from tests.servers import TestServers
 
 conformance = pytest.importorskip("claude_agent_sdk.testing")

@@ -29,7 +29,7 @@ from schemathesis import Case
 
 from app.asgi import create_app
 from app.config.settings import AppSettings, DatabaseSettings, Settings, ValkeySettings
-from tests.conftest import create_api_key
+from tests.instances import create_api_key
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

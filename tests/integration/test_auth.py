@@ -13,8 +13,8 @@ from valkey.asyncio import Valkey
 from app.asgi import build_alchemy_config
 from app.domain.keys.hashing import hash_key
 from app.domain.keys.services import ApiKeyService
-from tests.conftest import Instance, InstanceFactory, create_api_key, make_settings
 from tests.helpers import assert_problem, wait_for
+from tests.instances import Instance, InstanceFactory, create_api_key, make_settings
 from tests.servers import TestServers
 
 API = "/api/v1/sessions"

@@ -22,8 +22,8 @@ from app.asgi import build_alchemy_config
 from app.db.models import ApiKey
 from app.domain.keys.hashing import fingerprint, hash_key
 from app.domain.keys.services import ApiKeyService
-from tests.conftest import Instance, InstanceFactory, create_api_key, make_settings
 from tests.helpers import assert_problem, wait_for
+from tests.instances import Instance, InstanceFactory, create_api_key, make_settings
 from tests.integration.test_auth import revoke
 from tests.servers import TestServers
 

@@ -11,8 +11,8 @@ import pytest
 from valkey.asyncio import Valkey
 
 from app.lib.valkey.versioned_cache import VersionedCache
-from tests.conftest import Instance
 from tests.helpers import assert_problem
+from tests.instances import Instance
 
 API = "/api/v1/sessions"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Instance
+from tests.instances import Instance
 from tests.servers import TestServers
 
 pytestmark = pytest.mark.faults

@@ -13,8 +13,8 @@ from valkey.asyncio import Valkey
 from app.asgi import AgentApiPlugin
 from app.domain.sessions.keys import session_key
 from app.domain.sessions.warming import WARM_MARKER_KEY, CacheWarmer
-from tests.conftest import Instance, InstanceFactory
 from tests.helpers import collect_sse
+from tests.instances import Instance, InstanceFactory
 
 API = "/api/v1/sessions"
 

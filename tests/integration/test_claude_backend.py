@@ -27,8 +27,8 @@ from tests.claude.harness import (
     claude_b,
     claude_env,
 )
-from tests.conftest import Instance, make_settings
 from tests.helpers import assert_problem
+from tests.instances import Instance, make_settings
 from tests.integration.test_runs import new_session, next_event, run_to_done, session_status, start_stream
 from tests.servers import TestServers
 

@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from app.asgi import build_alchemy_config
 from app.domain.keys.hashing import hash_key
-from tests.conftest import Instance, InstanceFactory, make_settings
 from tests.helpers import assert_problem, wait_for
+from tests.instances import Instance, InstanceFactory, make_settings
 from tests.servers import TestServers
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from valkey.asyncio import Valkey
 
-from tests.conftest import InstanceFactory
 from tests.helpers import assert_problem, wait_for
+from tests.instances import InstanceFactory
 from tests.integration.test_logging import json_lines
 from tests.processes import GranianProcess
 from tests.servers import TestServers

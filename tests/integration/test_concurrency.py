@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 from valkey.asyncio import Valkey
 
-from tests.conftest import Instance, InstanceFactory
 from tests.helpers import assert_problem
+from tests.instances import Instance, InstanceFactory
 
 API = "/api/v1/sessions"
 

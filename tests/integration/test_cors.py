@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from app.asgi import create_app
-from tests.conftest import Instance, InstanceFactory, make_settings
 from tests.helpers import assert_problem
+from tests.instances import Instance, InstanceFactory, make_settings
 from tests.servers import TestServers
 
 API = "/api/v1/sessions"

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from valkey.asyncio import Valkey
 
-from tests.conftest import Instance
 from tests.helpers import assert_problem, wait_for
+from tests.instances import Instance
 from tests.servers import TestServers
 
 pytestmark = pytest.mark.faults

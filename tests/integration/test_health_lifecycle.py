@@ -8,8 +8,8 @@ import secrets
 import pytest
 
 from app.asgi import AgentApiPlugin
-from tests.conftest import InstanceFactory
 from tests.helpers import iter_sse, wait_for
+from tests.instances import InstanceFactory
 from tests.servers import TestServers
 
 API = "/api/v1/sessions"

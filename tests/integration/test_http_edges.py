@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Instance
 from tests.helpers import PROBLEM_JSON, assert_problem
+from tests.instances import Instance
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

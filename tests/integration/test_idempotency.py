@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from valkey.asyncio import Valkey
 
-from tests.conftest import Instance
 from tests.helpers import assert_problem, collect_sse, wait_for
+from tests.instances import Instance
 
 
 def key() -> dict[str, str]:

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Instance
 from tests.helpers import collect_sse, wait_for
+from tests.instances import Instance
 from tests.processes import GranianProcess
 from tests.servers import TestServers
 

@@ -17,8 +17,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import Instance, InstanceFactory
 from tests.helpers import wait_for
+from tests.instances import Instance, InstanceFactory
 
 
 def aclient(inst: Instance, key: str) -> AsyncOpenAI:

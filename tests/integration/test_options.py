@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from tests.conftest import Instance
+from tests.instances import Instance
 
 
 async def test_options_allow_lists_every_method_of_the_path(shared_instance: Instance, api_key: str) -> None:

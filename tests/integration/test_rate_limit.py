@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from tests.conftest import InstanceFactory
+from tests.instances import InstanceFactory
 
 
 async def inside_one_window(client: httpx.AsyncClient) -> None:

@@ -7,8 +7,8 @@ import asyncio
 
 import httpx
 
-from tests.conftest import InstanceFactory
 from tests.helpers import assert_problem, collect_sse
+from tests.instances import InstanceFactory
 
 
 async def test_many_more_concurrent_runs_than_pool_connections(instance_factory: InstanceFactory, api_key: str) -> None:

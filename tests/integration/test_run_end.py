@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import Instance
 from tests.helpers import assert_problem, collect_sse, iter_sse, wait_for
+from tests.instances import Instance
 
 
 async def test_a_finished_burst_frees_its_session_at_once(a: Instance, b: Instance, api_key: str) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Instance
 from tests.helpers import SSEEvent, collect_sse, iter_sse, wait_for
+from tests.instances import Instance
 
 
 def id_key(entry_id: str | None) -> tuple[int, int]:

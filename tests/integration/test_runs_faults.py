@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Instance, InstanceFactory
 from tests.helpers import collect_sse, iter_sse, wait_for
+from tests.instances import Instance, InstanceFactory
 from tests.servers import TestServers
 
 pytestmark = pytest.mark.faults

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 from valkey.asyncio import Valkey
 
-from tests.conftest import Instance
 from tests.helpers import assert_problem, collect_sse, iter_sse, wait_for
+from tests.instances import Instance
 
 RUN_FIELDS = {
     "id",

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from tests.conftest import Instance
 from tests.helpers import collect_sse
+from tests.instances import Instance
 
 
 async def test_echo_run_streams_full_sequence(a: Instance, api_key: str) -> None:

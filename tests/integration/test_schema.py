@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 from app.asgi import build_alchemy_config
 from app.db.models import AgentSession
 from app.domain.sessions.warming import most_recent_sessions
-from tests.conftest import make_settings
+from tests.instances import make_settings
 from tests.servers import TestServers
 
 

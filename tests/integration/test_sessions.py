@@ -13,8 +13,8 @@ from sqlalchemy import text
 from valkey.asyncio import Valkey
 
 from app.asgi import build_alchemy_config
-from tests.conftest import Instance, make_settings
 from tests.helpers import SESSION_FIELDS, assert_problem
+from tests.instances import Instance, make_settings
 from tests.servers import TestServers
 
 API = "/api/v1/sessions"

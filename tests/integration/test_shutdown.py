@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import InstanceFactory
 from tests.helpers import collect_sse, iter_sse, wait_for
+from tests.instances import InstanceFactory
 from tests.integration.test_runs import next_event, start_stream
 from tests.processes import GranianProcess
 from tests.servers import TestServers

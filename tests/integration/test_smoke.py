@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.conftest import Instance
+from tests.instances import Instance
 
 
 async def test_create_and_get_through_both_instances(a: Instance, b: Instance, api_key: str) -> None:

@@ -10,8 +10,8 @@ import httpx
 from sqlalchemy import text
 
 from app.asgi import build_alchemy_config
-from tests.conftest import InstanceFactory, make_settings
 from tests.helpers import wait_for
+from tests.instances import InstanceFactory, make_settings
 from tests.servers import TestServers, free_port
 
 API = "/api/v1/sessions"

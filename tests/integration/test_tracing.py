@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from app.lib import tracing
-from tests.conftest import Instance, InstanceFactory
 from tests.helpers import wait_for
+from tests.instances import Instance, InstanceFactory
 
 pytest.importorskip("opentelemetry.sdk", reason="the `otel` extra is not installed")
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Instance
 from tests.helpers import assert_problem
+from tests.instances import Instance
 
 API = "/api/v1/sessions"
 MAX_METADATA = 16 * 1024

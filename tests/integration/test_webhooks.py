@@ -21,8 +21,8 @@ from app.asgi import build_alchemy_config
 from app.domain.keys.hashing import hash_key
 from app.domain.keys.services import ApiKeyService
 from app.domain.webhooks.outbox import enqueue_run_event
-from tests.conftest import Instance, InstanceFactory, create_api_key, make_settings
 from tests.helpers import assert_problem, collect_sse, iter_sse, wait_for
+from tests.instances import Instance, InstanceFactory, create_api_key, make_settings
 from tests.servers import TestServers
 from tests.webhook_receiver import Receiver, always, receiver
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from valkey.asyncio import Valkey
 
-from tests.conftest import InstanceFactory
 from tests.helpers import wait_for
+from tests.instances import InstanceFactory
 from tests.integration.test_webhooks import FAST, deliveries, enqueue_directly, register, run_to_done
 from tests.servers import TestServers
 from tests.webhook_receiver import receiver
