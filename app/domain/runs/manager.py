@@ -12,6 +12,8 @@ import logging
 import time
 from uuid import UUID
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.agents.base import AgentBackend, AgentRequest, AgentRequestError, AnswerOutcome
 from app.config.settings import Settings
 from app.db.models import AgentSession
@@ -125,6 +127,15 @@ class RunManager:
             )
         except AgentRequestError as exc:
             raise invalid_run_options(str(exc)) from exc
+
+    def check_session_settings(self, model: str | None, permission_mode: str | None) -> None:
+        """The backend's check of a session's own `model` and `permission_mode` (raises `AgentRequestError`):
+        creating or patching a session refuses what its runs would refuse."""
+        self.backend.validate(
+            agent_request(
+                RunOptions(prompt=""), session_id=None, run_id=None, model=model, permission_mode=permission_mode
+            )
+        )
 
     async def require_valkey(self) -> None:
         try:
@@ -293,6 +304,15 @@ class RunManager:
             await self.channel.publish(
                 control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode))
             )
+
+    async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:
+        """Inside the transaction that deletes the session: its queue goes with it."""
+        await self.store.cancel_queued_of_session(db, session_id)
+
+    async def forget_events(self, session_id: UUID) -> None:
+        """After the session is deleted: its live event stream goes (it expires on its own if this fails)."""
+        with contextlib.suppress(*VALKEY_ERRORS):
+            await self.events.delete(events_key(session_id), interrupt_key(session_id))
 
     async def on_control_message(self, raw: bytes) -> None:
         message = control.decode(raw)
