@@ -8,7 +8,7 @@ from uuid import UUID
 
 from msgspec import Meta, Struct
 
-from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode, Usage
+from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode, Usage, check_json_value
 
 MAX_PROMPT_CHARS = 100_000
 
@@ -45,6 +45,10 @@ class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults
     system_prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)] | None = None
     output_format: dict[str, Any] | None = None
     include_partial_messages: bool = False
+
+    def __post_init__(self) -> None:
+        if self.output_format is not None:
+            check_json_value(self.output_format, "output_format")
 
 
 class RunRequest(RunOptions, forbid_unknown_fields=True, kw_only=True):
