@@ -36,10 +36,12 @@ from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.webhooks.controllers import WebhookEndpointController
 from app.domain.webhooks.schemas import WebhookEndpointCreate
-from app.lib import cors, docs, edge, metrics, openapi, routing, tracing
+from app.lib import cors, docs, edge, metrics, openapi, tracing
 from app.lib import logging as app_logging
 from app.lib.client_address import ProxyHeadersMiddleware, TrustedProxies
-from app.lib.db import lazy_autocommit_handler
+from app.lib.compat.alchemy_autocommit import lazy_autocommit_handler
+from app.lib.compat.asgi_wrapping import wrap_asgi_handler
+from app.lib.compat.litestar_options import fix_options_allow
 from app.lib.problems import ERROR_CODES_DOC, exception_handlers
 from app.lib.valkey.plugin import ValkeyPlugin, ValkeyPluginConfig
 from app.lifespan import AppLifespan
@@ -203,8 +205,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     if proxies:
         # Outermost: the access log, the limits and `request.client` see the resolved client address.
-        app.asgi_handler = ProxyHeadersMiddleware(app.asgi_handler, proxies)
+        wrap_asgi_handler(app, lambda inner: ProxyHeadersMiddleware(inner, proxies))
     openapi.tighten_app_schema(app, REQUEST_BODIES)
     document_streams(app.openapi_schema)
-    routing.fix_options_allow(app)
+    fix_options_allow(app)
     return app

@@ -15,7 +15,8 @@ from litestar import Litestar
 
 from app.components import AppComponents
 from app.domain.keys.services import ApiKeyService
-from app.lib import migrations, worker_signals
+from app.lib import migrations
+from app.lib.compat import granian_signals
 from app.lib.problems import is_database_unavailable
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class AppLifespan:
         self._tasks: list[asyncio.Task[None]] = []
         # Under Granian, SIGTERM drains first, while the server still serves; elsewhere leaving the lifespan
         # does. Installed now, at app creation: the worker sets its signal handlers before the lifespan starts.
-        worker_signals.drain_before_worker_stop(self.drain)
+        granian_signals.drain_before_worker_stop(self.drain)
 
     @contextlib.asynccontextmanager
     async def __call__(self, _app: Litestar) -> AsyncIterator[None]:
@@ -70,7 +71,7 @@ class AppLifespan:
         await c.cache_warmer.stop()
         await c.invalidation_sweeper.stop()
         await c.run_reaper.stop()
-        await self.drain()  # at once if SIGTERM already drained (app.lib.worker_signals)
+        await self.drain()  # at once if SIGTERM already drained (app.lib.compat.granian_signals)
         await c.run_manager.close()
         # Last of the runs' part: until here this instance's runs were its own; now others may take over at once.
         await c.presence.stop()

@@ -18,6 +18,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Method, Receive, Scope, Send
 from litestar.types.asgi_types import HTTPResponseBodyEvent, HTTPResponseStartEvent
 
+from app.lib.compat.asgi_wrapping import wrap_asgi_handler
 from app.lib.problems import PROBLEM_JSON, Problem
 
 ALLOW_METHODS: list[Method] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -129,4 +130,4 @@ class PreflightProblems:
 def install(app: Any) -> None:
     """When the app has a CORS config, refused preflights answer problem+json."""
     if app.cors_config is not None:
-        app.asgi_handler = PreflightProblems(app.asgi_handler)
+        wrap_asgi_handler(app, PreflightProblems)

@@ -18,6 +18,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
+from app.lib.compat.asgi_wrapping import wrap_asgi_handler
 from app.lib.problems import PROBLEM_JSON, Problem
 
 MAX_REQUEST_TARGET = 8192
@@ -100,4 +101,4 @@ class HttpEdgeMiddleware:
 
 def install(app: object) -> None:
     """Puts `HttpEdgeMiddleware` around a Litestar app's ASGI handler."""
-    app.asgi_handler = HttpEdgeMiddleware(app.asgi_handler)  # type: ignore[attr-defined]
+    wrap_asgi_handler(app, HttpEdgeMiddleware)

@@ -35,6 +35,8 @@ from litestar.plugins.structlog import StructlogConfig, StructlogPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from app.lib.compat.asgi_wrapping import wrap_asgi_handler
+
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 # A client's id is echoed only when it is short and made of token characters (no spaces, quotes or controls),
@@ -344,7 +346,7 @@ def install(app: Any, *, instance_id: str, access_log: bool, fmt: str = "json") 
     middleware = RequestContextMiddleware(
         app.asgi_handler, instance_id=instance_id, access_log=access_log, json_lines=fmt.lower() != "console"
     )
-    app.asgi_handler = middleware
+    wrap_asgi_handler(app, lambda _inner: middleware)
     if middleware.json_access_log is not None:
         app.on_shutdown.append(middleware.json_access_log.flush)  # the last lines of a stopping instance
 

@@ -56,7 +56,7 @@ async def test_ready_is_503_draining_during_the_shutdown_drain(instance_factory:
             async for ev in iter_sse(resp):
                 if ev.event == "message":
                     break
-            drain = asyncio.create_task(lifespan.drain())  # what SIGTERM runs first (app.lib.worker_signals)
+            drain = asyncio.create_task(lifespan.drain())  # what SIGTERM runs first (app.lib.compat.granian_signals)
             try:
 
                 async def draining() -> bool:
