@@ -38,7 +38,7 @@ def run_cli() -> None:
     if command == "run":
         os.environ.setdefault("GRANIAN_WORKERS_KILL_TIMEOUT", str(worker_kill_timeout()))
     if command in {"run", "database", "db", "keys"}:
-        from app.cli.embedded import prepare_environment
+        from app.cli.dev_servers import prepare_environment
 
         prepare_environment(command)
 

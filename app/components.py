@@ -27,9 +27,9 @@ from app.domain.runs.store import RunStore
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.invalidations import InvalidationSweeper, PendingInvalidations
-from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionServiceFactory
+from app.domain.sessions.valkey_keys import CONTROL_CHANNEL
 from app.domain.sessions.warming import CacheWarmer
 from app.domain.webhooks.delivery import WebhookDispatcher
 from app.domain.webhooks.outbox import enqueue_for_run

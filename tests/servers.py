@@ -44,7 +44,7 @@ class TestServers:
             servers.embedded = True
             servers._root = Path(tempfile.mkdtemp(prefix="agentapi-test-"))
         if not db_url:
-            from app.lib.embedded import embedded_postgres_url
+            from app.lib.embedded_servers import embedded_postgres_url
 
             servers.database_url, servers._pg = embedded_postgres_url(servers._root / "pg")  # type: ignore[operator]
         if not vk_url:

@@ -9,7 +9,7 @@ import time
 
 from valkey.asyncio import Valkey
 
-from app.domain.sessions.keys import session_key
+from app.domain.sessions.valkey_keys import session_key
 from app.domain.sessions.warming import WARM_MARKER_KEY, CacheWarmer
 from tests.helpers import collect_sse
 from tests.instances import Instance, InstanceFactory

@@ -22,7 +22,7 @@ from app.agents.base import AgentRun, AnswerOutcome
 from app.config.settings import RunSettings
 from app.domain.runs.recorder import EventRecorder, stream_fields
 from app.domain.runs.store import RunStore, RunTotals, StartedRun
-from app.domain.sessions.keys import active_key, events_key, interrupt_key
+from app.domain.sessions.valkey_keys import active_key, events_key, interrupt_key
 from app.lib import metrics
 from app.lib.logging import bind_log_context
 from app.lib.valkey.control import SignalMarker
@@ -305,7 +305,7 @@ class LiveRun:
         outcome = self.outcome
         # Every event is in the stream before the status says the run is over; the final commit and the last
         # events' trip to Postgres overlap (backpressure keeps that backlog small), and both precede `done`.
-        await self.recorder.drain_stream(timeout=120)
+        await self.recorder.wait_streamed(timeout=120)
         committed, _ = await asyncio.gather(
             self._retry(
                 "commit final status",
@@ -318,7 +318,7 @@ class LiveRun:
                     totals=outcome.totals,
                 ),
             ),
-            self.recorder.drain(timeout=120),
+            self.recorder.wait_persisted(timeout=120),
         )
         metrics.active_runs.dec()
         metrics.runs_total.labels(outcome.reason).inc()
@@ -344,7 +344,7 @@ class LiveRun:
         await self._retry("release lease", release)
         if self.interrupt_at is not None:
             metrics.interrupt_latency_seconds.observe(time.monotonic() - self.interrupt_at)
-        await self.recorder.drain(timeout=10)
+        await self.recorder.wait_persisted(timeout=10)
 
     async def _retry(self, what: str, action: Callable[[], Awaitable[bool]], attempts: int = 40) -> bool | None:
         """Retries an end-of-run write through a short outage; None when it never succeeded."""

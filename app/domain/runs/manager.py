@@ -19,12 +19,12 @@ from app.config.settings import Settings
 from app.db.models import AgentSession
 from app.domain.runs import control
 from app.domain.runs.errors import invalid_run_options, shutting_down, valkey_unavailable
-from app.domain.runs.lease import LeaseValue, encode_lease
+from app.domain.runs.lease_value import LeaseValue, encode_lease
 from app.domain.runs.live import LiveRun
 from app.domain.runs.recorder import EventPersister, EventRecorder
 from app.domain.runs.schemas import IfBusy, RunOptions
 from app.domain.runs.store import RunStore, StartedRun, Submitted
-from app.domain.sessions.keys import active_key, events_key, interrupt_key
+from app.domain.sessions.valkey_keys import active_key, events_key, interrupt_key
 from app.lib import metrics
 from app.lib.logging import bind_log_context, log_context
 from app.lib.valkey.control import ControlChannel, SignalMarker

@@ -20,11 +20,11 @@ from uuid import UUID
 import msgspec
 
 from app.config.settings import Settings
-from app.domain.runs.lease import LeaseValue, encode_lease
+from app.domain.runs.lease_value import LeaseValue, encode_lease
 from app.domain.runs.manager import RunManager
 from app.domain.runs.recorder import persist_events, stream_fields
 from app.domain.runs.store import RunStore, RunTotals
-from app.domain.sessions.keys import active_key, events_key
+from app.domain.sessions.valkey_keys import active_key, events_key
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.presence import InstancePresence
 

@@ -19,9 +19,9 @@ from app.domain.runs.recorder import persist_events, stream_fields
 from app.domain.runs.schemas import IfBusy, QueryResult, Run, RunError, RunOptions, RunPage
 from app.domain.runs.store import RunStore, Submitted, is_ended
 from app.domain.runs.streams import EventFollower
-from app.domain.sessions.keys import events_key
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import Usage
+from app.domain.sessions.valkey_keys import events_key
 from app.lib.problems import ApiError, is_valkey_unavailable
 from app.lib.sse import SSEFrame
 from app.lib.valkey.errors import VALKEY_ERRORS

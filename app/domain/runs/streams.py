@@ -20,9 +20,9 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import and_, or_, select
 
 from app.db.models import SessionEvent
-from app.domain.runs.lease import decode_lease
+from app.domain.runs.lease_value import decode_lease
 from app.domain.runs.store import RunStore, is_ended
-from app.domain.sessions.keys import active_key, events_key
+from app.domain.sessions.valkey_keys import active_key, events_key
 from app.lib import metrics
 from app.lib.problems import is_database_unavailable, is_valkey_unavailable
 from app.lib.sse import SSEFrame

@@ -8,8 +8,8 @@ from uuid import UUID
 
 import msgspec
 
-from app.domain.sessions.keys import session_key
 from app.domain.sessions.schemas import CachedSession, CachedSessionHeader, Session
+from app.domain.sessions.valkey_keys import session_key
 from app.lib import metrics
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.versioned_cache import VersionedCache

@@ -21,7 +21,6 @@ from sqlalchemy.orm.exc import StaleDataError
 from app.agents.base import AgentRequestError
 from app.db.models import AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
 from app.domain.sessions.cache import SessionCache
-from app.domain.sessions.keys import lock_key
 from app.domain.sessions.schemas import (
     ActiveRun,
     MessagePage,
@@ -32,6 +31,7 @@ from app.domain.sessions.schemas import (
     SessionUpdate,
     Usage,
 )
+from app.domain.sessions.valkey_keys import lock_key
 from app.lib.problems import ApiError
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.lock import DistributedLock, LockTimeoutError

@@ -10,7 +10,7 @@ import click
 
 from app.config.settings import get_settings
 from app.domain.keys.hashing import generate_key
-from app.lib.embedded import EmbeddedValkey, embedded_postgres_url
+from app.lib.embedded_servers import EmbeddedValkey, embedded_postgres_url
 
 
 def prepare_environment(command: str) -> None:
