@@ -44,6 +44,7 @@ import asyncpg
 import httpx
 from valkey.asyncio import Valkey
 
+from app.domain.sessions.valkey_keys import events_key, session_key
 from scripts.bench.auth_flood import auth_flood
 from scripts.bench.auth_flood import rows as auth_flood_rows
 from scripts.bench.loadgen import LoadSpec, _read_response
@@ -279,7 +280,7 @@ async def run(args: argparse.Namespace) -> int:
             created = (await ca.post("/api/v1/sessions", json={"title": "bench", "tags": ["bench"]})).json()
             sid = created["id"]
             assert (await ca.get(f"/api/v1/sessions/{sid}")).status_code == 200
-            cache_key = f"agentapi:{{{sid}}}:session"
+            cache_key = session_key(sid)
 
             # -- throughput: cache hit vs bare handler (same app, same Granian) ------------------------------
             common: dict[str, Any] = {"connections": args.connections, "duration": duration, "warmup": warmup}
@@ -318,7 +319,7 @@ async def run(args: argparse.Namespace) -> int:
                     ["bench"],
                     now,
                 )
-                await vk.set(f"agentapi:{{{new_id}}}:session", payload, ex=7200)
+                await vk.set(session_key(new_id), payload, ex=7200)
 
             raw_create = await sample(n_seq, raw_insert_set)
             lat_patch = await sample(n_seq // 4, lambda: http.request("PATCH", read_path, b'{"title":"uncontended"}'))
@@ -395,7 +396,7 @@ async def run(args: argparse.Namespace) -> int:
             probe_sid = (await ca.post("/api/v1/sessions", json={})).json()["id"]
             async with ca.stream("POST", f"/api/v1/sessions/{probe_sid}/resume", json={"prompt": "hi there"}) as r:
                 await r.aread()
-            stream = f"agentapi:{{{probe_sid}}}:events"
+            stream = events_key(probe_sid)
             raw_xrange = await sample(n_interrupts, lambda: vk.xrange(stream, "(0-1", "+", count=1))
             figures["rejoin"] = ms(rejoins)
             figures["raw_xrange"] = ms(raw_xrange)

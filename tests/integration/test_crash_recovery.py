@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.domain.sessions.valkey_keys import active_key
 from tests.helpers import collect_sse, iter_sse, wait_for
 from tests.instances import InstanceFactory
 from tests.processes import GranianProcess
@@ -88,7 +89,7 @@ async def test_a_dead_owners_session_is_busy_until_reaped_never_run_twice(
                 doomed.kill()
 
             async def lease_gone() -> bool:
-                return not await valkey.exists(f"agentapi:{{{sid}}}:active")
+                return not await valkey.exists(active_key(sid))
 
             await wait_for(lease_gone, timeout=10, what="the lease to lapse")
             busy = await co.post(f"/api/v1/sessions/{sid}/resume", json={"prompt": "fresh"})

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from app.domain.sessions.valkey_keys import events_key
 from tests.helpers import SSEEvent, collect_sse, iter_sse, wait_for
 from tests.instances import Instance
 
@@ -320,7 +321,7 @@ async def test_events_replay_from_postgres_after_flush(a: Instance, b: Instance,
             ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "one two", "include_partial_messages": True}
         )
         assert any(e.event == "partial" for e in events)
-        await valkey.delete(f"agentapi:{{{sid}}}:events")
+        await valkey.delete(events_key(sid))
         replay = await run_to_done_events(cb, sid)
         durable = [e for e in events if e.event != "partial"]
         assert [(e.id, e.event, e.data) for e in replay] == [(e.id, e.event, e.data) for e in durable]
