@@ -109,13 +109,12 @@ class PreflightProblems:
                 await send(HTTPResponseBodyEvent(type="http.response.body", body=bytes(body), more_body=False))
                 return
             problem = msgspec.json.encode(
-                Problem(
-                    type="https://agent-api.dev/problems/cors-not-allowed",
-                    title="CORS request not allowed",
-                    status=400,
-                    code="CORS_NOT_ALLOWED",
-                    detail=f"{detail} (see CORS_ALLOW_ORIGINS).",
-                    instance=scope.get("path"),
+                Problem.of(
+                    400,
+                    "CORS_NOT_ALLOWED",
+                    "CORS request not allowed",
+                    f"{detail} (see CORS_ALLOW_ORIGINS).",
+                    scope.get("path"),
                 )
             )
             replaced = (b"content-type", b"content-length")

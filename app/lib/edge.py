@@ -27,12 +27,11 @@ _DISCONNECT: ReceiveMessage = {"type": "http.disconnect"}
 
 def _problem_414(length: int) -> bytes:
     return msgspec.json.encode(
-        Problem(
-            type="https://agent-api.dev/problems/uri-too-long",
-            title="URI too long",
-            status=414,
-            code="URI_TOO_LONG",
-            detail=f"The request target (path and query) is {length} bytes; the limit is {MAX_REQUEST_TARGET}.",
+        Problem.of(
+            414,
+            "URI_TOO_LONG",
+            "URI too long",
+            f"The request target (path and query) is {length} bytes; the limit is {MAX_REQUEST_TARGET}.",
         )
     )
 

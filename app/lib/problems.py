@@ -49,6 +49,27 @@ class Problem(msgspec.Struct, omit_defaults=True):
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
 
+    @classmethod
+    def of(
+        cls,
+        status: int,
+        code: str,
+        title: str,
+        detail: str | None = None,
+        instance: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> Problem:
+        """A problem whose `type` is its code's URI (`https://agent-api.dev/problems/<code, kebab-case>`)."""
+        return cls(
+            type=f"https://agent-api.dev/problems/{code.lower().replace('_', '-')}",
+            title=title,
+            status=status,
+            code=code,
+            detail=detail,
+            instance=instance,
+            errors=errors,
+        )
+
 
 class ApiError(Exception):
     """Raise from any layer to answer with a problem+json response."""
@@ -80,15 +101,7 @@ def problem_response(
     headers: dict[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> Response[Problem]:
-    body = Problem(
-        type=f"https://agent-api.dev/problems/{code.lower().replace('_', '-')}",
-        title=title,
-        status=status,
-        code=code,
-        detail=detail,
-        instance=request.url.path if request is not None else None,
-        errors=errors,
-    )
+    body = Problem.of(status, code, title, detail, request.url.path if request is not None else None, errors)
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -301,14 +314,7 @@ EXAMPLE_INSTANCE = "/api/v1/sessions/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
 
 def example_problem(status: int) -> dict[str, Any]:
     code, title, detail = _EXAMPLES.get(status, ("INTERNAL_ERROR", "Internal server error", "An unexpected error."))
-    body = Problem(
-        type=f"https://agent-api.dev/problems/{code.lower().replace('_', '-')}",
-        title=title,
-        status=status,
-        code=code,
-        detail=detail,
-        instance=EXAMPLE_INSTANCE,
-    )
+    body = Problem.of(status, code, title, detail, EXAMPLE_INSTANCE)
     example: dict[str, Any] = msgspec.to_builtins(body)
     if status == 422:
         example["errors"] = [{"message": "Expected `str` of length <= 200", "key": "title", "source": "body"}]

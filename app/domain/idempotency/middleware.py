@@ -46,14 +46,7 @@ REMEMBER_ATTEMPTS = 8
 def _problem(
     scope: Scope, status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None
 ) -> ASGIResponse:
-    body = Problem(
-        type=f"https://agent-api.dev/problems/{code.lower().replace('_', '-')}",
-        title=title,
-        status=status,
-        code=code,
-        detail=detail,
-        instance=scope["path"],
-    )
+    body = Problem.of(status, code, title, detail, scope["path"])
     return ASGIResponse(body=msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -134,14 +127,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
         except Exception as exc:
             if not is_database_unavailable(exc):
                 raise
-            await _problem(
-                scope,
-                503,
-                "DATABASE_UNAVAILABLE",
-                "Database unavailable",
-                "PostgreSQL cannot be reached; try again shortly.",
-                {"Retry-After": "2"},
-            )(scope, receive, send)
+            await _database_unavailable(scope)(scope, receive, send)
             return
         if isinstance(begun, Reused):
             await _problem(

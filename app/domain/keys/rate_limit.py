@@ -186,14 +186,7 @@ class RateLimitMiddleware(ASGIMiddleware):
                     headers=retry,
                 )(scope, receive, send)
                 return
-            body = Problem(
-                type="https://agent-api.dev/problems/rate-limited",
-                title="Rate limit exceeded",
-                status=429,
-                code="RATE_LIMITED",
-                detail=detail,
-                instance=scope["path"],
-            )
+            body = Problem.of(429, "RATE_LIMITED", "Rate limit exceeded", detail, scope["path"])
             response = ASGIResponse(
                 body=msgspec.json.encode(body),
                 status_code=429,

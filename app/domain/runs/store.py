@@ -108,6 +108,21 @@ def _resume_point(session: AgentSession) -> tuple[str | None, bool]:
     return session.agent_session_id, False
 
 
+def _started(session: AgentSession, run: AgentRun, options: RunOptions, now: datetime) -> StartedRun:
+    """The run `_mark_running` made the session's active one, as its start transaction hands it on."""
+    resume, fork = _resume_point(session)
+    return StartedRun(
+        run_id=run.id,
+        session_id=session.id,
+        owner_key_id=session.owner_key_id,
+        options=options,
+        session=to_schema(session),
+        resume=resume,
+        fork=fork,
+        started_at=now,
+    )
+
+
 @dataclass
 class RunTotals:
     """What a run adds to its session when it ends."""
@@ -262,7 +277,6 @@ class RunStore:
             interrupt: UUID | None = None
             if not busy:
                 _mark_running(session, run, options, instance_id, now)
-                resume, fork = _resume_point(session)
             elif if_busy == "reject":
                 raise session_busy(session.id)
             else:
@@ -275,16 +289,7 @@ class RunStore:
             db.add(run)
             await db.flush()
             if not busy:
-                started = StartedRun(
-                    run_id=run.id,
-                    session_id=session.id,
-                    owner_key_id=owner_key_id,
-                    options=options,
-                    session=to_schema(session),
-                    resume=resume,
-                    fork=fork,
-                    started_at=now,
-                )
+                started = _started(session, run, options, now)
                 await before_commit(started)
             await db.commit()
             position = None
@@ -319,18 +324,8 @@ class RunStore:
             options = msgspec.convert(run.input, RunOptions)
             _mark_running(session, run, options, instance_id, now)
             session.queued_runs = max(0, session.queued_runs - 1)
-            resume, fork = _resume_point(session)
             await db.flush()
-            started = StartedRun(
-                run_id=run.id,
-                session_id=session_id,
-                owner_key_id=session.owner_key_id,
-                options=options,
-                session=to_schema(session),
-                resume=resume,
-                fork=fork,
-                started_at=now,
-            )
+            started = _started(session, run, options, now)
             await before_commit(started)
             await db.commit()
         await self.cache.put(started.session, session.owner_key_id)
