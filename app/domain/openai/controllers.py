@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, Router, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, Response, Router, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from app.domain.keys.auth import Principal
+from app.domain.keys.principal import AuthedRequest
 from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
 from app.domain.openai.dependencies import provide_openai_service
 from app.domain.openai.errors import ERROR_SHAPE_OPT, OPENAI_SHAPE, openai_error_responses, openai_exception_handlers
@@ -31,7 +30,6 @@ from app.domain.openai.services import ModelCatalog, OpenAIService
 from app.lib.di import AppDependency
 
 TAG = "OpenAI-compatible"
-AuthedRequest = Request[Principal, Any, State]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

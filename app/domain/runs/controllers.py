@@ -3,15 +3,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
+from litestar import Controller, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from msgspec import Meta, Struct
 
 from app.domain.idempotency import ATTACH_RUN_STATE, IDEMPOTENT_OPT, IdempotencyKey
-from app.domain.keys.auth import Principal
+from app.domain.keys.principal import AuthedRequest
 from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
 from app.domain.runs.schemas import (
     AnswerDelivered,
@@ -29,8 +28,6 @@ from app.lib.di import AppDependency
 from app.lib.logging import bind_session_from_path
 from app.lib.problems import problem_responses
 from app.lib.sse import encode_batches
-
-AuthedRequest = Request[Principal, Any, State]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DESCRIPTION = (

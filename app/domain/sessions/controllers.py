@@ -1,16 +1,15 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
-from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
-from app.domain.keys.auth import Principal
+from app.domain.keys.principal import AuthedRequest
 from app.domain.sessions.dependencies import provide_session_service
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import (
@@ -29,7 +28,6 @@ from app.lib.di import AppDependency
 from app.lib.logging import bind_session_from_path
 from app.lib.problems import ApiError, problem_responses
 
-AuthedRequest = Request[Principal, Any, State]
 # Below Postgres's bigint (a larger OFFSET cannot even be sent to the database) and exact as a JSON number, so
 # the OpenAPI `maximum` means what the validator enforces (2**63 - 1 would be rounded up as a double).
 MAX_OFFSET = 2**53

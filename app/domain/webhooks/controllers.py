@@ -3,14 +3,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from app.config.settings import Settings
-from app.domain.keys.auth import Principal
+from app.domain.keys.principal import AuthedRequest
 from app.domain.webhooks.dependencies import provide_webhook_service
 from app.domain.webhooks.schemas import (
     MAX_ENDPOINTS_PER_KEY,
@@ -24,7 +23,6 @@ from app.domain.webhooks.services import WebhookEndpointService
 from app.lib.di import AppDependency
 from app.lib.problems import PROBLEM_JSON, Problem, problem_responses
 
-AuthedRequest = Request[Principal, Any, State]
 MAX_OFFSET = 2**53
 
 
