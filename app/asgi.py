@@ -43,6 +43,7 @@ from app.lib.compat.alchemy_autocommit import lazy_autocommit_handler
 from app.lib.compat.asgi_wrapping import wrap_asgi_handler
 from app.lib.compat.litestar_options import fix_options_allow
 from app.lib.problems import ERROR_CODES_DOC, exception_handlers
+from app.lib.request_limits import MAX_BODY_BYTES
 from app.lib.valkey.plugin import ValkeyPlugin, ValkeyPluginConfig
 from app.lifespan import AppLifespan
 
@@ -62,7 +63,6 @@ REQUEST_BODIES = (
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = ["^/health/", "^/docs", "^/metrics", "^/schema"]
 
 

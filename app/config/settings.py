@@ -150,7 +150,7 @@ class ClaudeSettings:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """Webhook deliveries (SPEC §9); times in seconds."""
+    """Webhook deliveries; times in seconds."""
 
     timeout: float = field(default_factory=lambda: _env_float("WEBHOOK_TIMEOUT", 10.0))
     retry_initial_delay: float = field(default_factory=lambda: _env_float("WEBHOOK_RETRY_INITIAL_DELAY", 5.0))

@@ -17,6 +17,8 @@ from sqlalchemy import exc as sa_exc
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
+from app.lib.request_limits import MAX_BODY_TEXT
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -179,7 +181,7 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         elif isinstance(extra, dict):
             errors = [extra]
     if status == 413:
-        detail = "The request body is larger than the 1 MiB limit."
+        detail = f"The request body is larger than the {MAX_BODY_TEXT} limit."
     headers = dict(exc.headers or {})
     if status == 401:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="agent-api", X-API-Key')
@@ -277,7 +279,7 @@ _DESCRIPTIONS = {
         "(IDEMPOTENCY_IN_PROGRESS, see Retry-After), or too many webhook endpoints (WEBHOOK_ENDPOINT_LIMIT)."
     ),
     412: "If-Match did not match the session's version (code VERSION_CONFLICT).",
-    413: "Request body over 1 MiB (code REQUEST_TOO_LARGE).",
+    413: f"Request body over {MAX_BODY_TEXT} (code REQUEST_TOO_LARGE).",
     414: "Request target (path and query) over 8 KiB (code URI_TOO_LONG).",
     422: (
         "The body failed validation or the agent backend refuses it (VALIDATION_ERROR; `errors` lists each "
@@ -302,7 +304,7 @@ _EXAMPLES: dict[int, tuple[str, str, str]] = {
     405: ("METHOD_NOT_ALLOWED", "Method not allowed", "Method PUT not allowed."),
     409: ("SESSION_BUSY", "Session busy", "The session has an active run; interrupt it first."),
     412: ("VERSION_CONFLICT", "Version conflict", 'If-Match "1" does not match the current version "2".'),
-    413: ("REQUEST_TOO_LARGE", "Request too large", "The request body is larger than the 1 MiB limit."),
+    413: ("REQUEST_TOO_LARGE", "Request too large", f"The request body is larger than the {MAX_BODY_TEXT} limit."),
     414: ("URI_TOO_LONG", "URI too long", "The request target (path and query) is 9000 bytes; the limit is 8192."),
     422: ("VALIDATION_ERROR", "Validation error", "Validation failed for POST /api/v1/sessions"),
     429: ("RATE_LIMITED", "Rate limited", "Rate limit of 600 requests per minute exceeded."),
@@ -321,7 +323,7 @@ def example_problem(status: int) -> dict[str, Any]:
     return example
 
 
-ERROR_CODES_DOC = """Errors are RFC 9457 `application/problem+json` bodies (the `Problem` schema) with a
+ERROR_CODES_DOC = f"""Errors are RFC 9457 `application/problem+json` bodies (the `Problem` schema) with a
 machine-readable `code`:
 
 | status | code |
@@ -333,7 +335,7 @@ machine-readable `code`:
 | 409 | `SESSION_BUSY`, `SESSION_LOCKED`, `QUEUE_FULL`, `NOT_RUNNING`, `NO_PENDING_QUESTION`, `VERSION_CONFLICT`, \
 `IDEMPOTENCY_IN_PROGRESS`, `WEBHOOK_ENDPOINT_LIMIT` |
 | 412 | `VERSION_CONFLICT` (If-Match) |
-| 413 | `REQUEST_TOO_LARGE` (body over 1 MiB) |
+| 413 | `REQUEST_TOO_LARGE` (body over {MAX_BODY_TEXT}) |
 | 414 | `URI_TOO_LONG` (request target over 8 KiB) |
 | 415 | `UNSUPPORTED_MEDIA_TYPE` |
 | 422 | `VALIDATION_ERROR` (`errors` lists each problem; also a backend refusal, e.g. an unknown model), \
@@ -342,7 +344,7 @@ machine-readable `code`:
 | 500 | `INTERNAL_ERROR` |
 | 503 | `DATABASE_UNAVAILABLE`, `VALKEY_UNAVAILABLE`, `SHUTTING_DOWN` (a run start on a draining instance) |
 
-A run's event stream reports its own failures as an `error` event `{code, message}` before `done`:
+A run's event stream reports its own failures as an `error` event `{{code, message}}` before `done`:
 `AGENT_ERROR` (the agent failed or ended without a result) and `RUN_LOST` (the instance running it stopped, or
 the run lost its lease); the same codes appear in a finished run's `error`."""
 

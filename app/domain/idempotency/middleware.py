@@ -29,6 +29,7 @@ from app.domain.keys.auth import Principal
 from app.domain.runs.controllers import sse
 from app.domain.runs.services import RunService, query_result
 from app.lib.problems import PROBLEM_JSON, ApiError, Problem, is_database_unavailable, is_valkey_unavailable
+from app.lib.request_limits import MAX_BODY_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
 # Response headers kept with a stored outcome (the rest are per-response: request id, rate limits, ...).
 KEPT_HEADERS = ("content-type", "location", "etag", "x-session-id", "x-run-id")
 # Bodies larger than Litestar accepts are refused by it (413); they are never remembered.
-MAX_BODY = 1024 * 1024
 STREAM_TYPE = "text/event-stream"
 # Tries to store an outcome through a Postgres blip (about 5 s in all).
 REMEMBER_ATTEMPTS = 8
@@ -62,7 +62,7 @@ def _database_unavailable(scope: Scope) -> ASGIResponse:
 
 
 async def _read_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes, bool]:
-    """The request's body messages (to replay to the app), the body, and whether it fit `MAX_BODY`."""
+    """The request's body messages (to replay to the app), the body, and whether it fit `MAX_BODY_BYTES`."""
     messages: list[ReceiveMessage] = []
     chunks: list[bytes] = []
     size = 0
@@ -73,7 +73,7 @@ async def _read_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes, boo
             return messages, b"".join(chunks), True
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > MAX_BODY_BYTES:
             return messages, b"", False
         chunks.append(chunk)
         if not message.get("more_body", False):

@@ -1,4 +1,4 @@
-"""`/v1`: the OpenAI-compatible API (SPEC §10), for the official OpenAI clients (`base_url=<host>/v1`)."""
+"""`/v1`: the OpenAI-compatible API, for the official OpenAI clients (`base_url=<host>/v1`)."""
 
 from __future__ import annotations
 

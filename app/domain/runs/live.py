@@ -101,7 +101,7 @@ class LiveRun:
             answered = question_id or (self.open_questions[0] if self.open_questions else None)
             if answered in self.open_questions:
                 self.open_questions.remove(answered)
-            # The user's side of the conversation, as delivered (SPEC §3).
+            # The user's side of the conversation, as delivered: the prompt, then each answer.
             message: dict[str, Any] = {"role": "user", "content": [{"type": "text", "text": answer}]}
             message["question_id"] = answered
             message["uuid"] = str(uuid.uuid4())

@@ -69,7 +69,7 @@ class QueryRequest(RunRequest, forbid_unknown_fields=True, kw_only=True):
 
 
 class Run(Struct, omit_defaults=False):
-    """One run of a session (SPEC §7), however it was started."""
+    """One run of a session, however it was started."""
 
     id: UUID
     session_id: UUID

@@ -1,4 +1,5 @@
-"""Valkey key names of one session (SPEC §5). The `{<sid>}` hash tag keeps them in one cluster slot."""
+"""Valkey key names of one session (`agentapi:{<sid>}:<name>`, the names operators see).
+The `{<sid>}` hash tag keeps them in one cluster slot."""
 
 from __future__ import annotations
 
