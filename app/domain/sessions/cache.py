@@ -99,13 +99,6 @@ class SessionCache:
         entry = CachedSession(**{f: getattr(session, f) for f in session.__struct_fields__}, owner_key_id=owner_key_id)
         await self._cache.set_if_newer(session_key(session.id), session.version, _encoder.encode(entry))
 
-    async def invalidate(self, session_id: UUID) -> None:
-        try:
-            await self._cache.invalidate(session_key(session_id))
-        except VALKEY_ERRORS:
-            logger.warning("session cache invalidation skipped: Valkey unavailable")
-            await self._missed(session_id, durable=True)
-
     async def tombstone(self, session_id: UUID) -> None:
         try:
             await self.tombstone_or_raise(session_id)

@@ -1,4 +1,4 @@
-"""`ValkeyPlugin`: owns the shared Valkey clients, exposes them through DI and a Litestar store."""
+"""`ValkeyPlugin`: owns the shared Valkey clients for the app's life (they reach handlers through `AppComponents`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
-from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
-from valkey.asyncio import Valkey
 
 from app.lib.valkey.client import ValkeyClients
 
@@ -35,9 +33,6 @@ class ValkeyPlugin(InitPluginProtocol):
             max_connections=config.max_connections,
         )
 
-    def provide_valkey(self) -> Valkey:
-        return self.clients.main
-
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
         try:
@@ -46,7 +41,6 @@ class ValkeyPlugin(InitPluginProtocol):
             await self.clients.aclose()
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.dependencies["valkey"] = Provide(self.provide_valkey, sync_to_thread=False)
         # Left after the lifespans registered later (the app's own): they still use the clients on the way out.
         app_config.lifespan.append(self.lifespan)
         return app_config
