@@ -24,8 +24,9 @@ from app.db.models.run import ENDED_STATUSES
 from app.domain.runs.errors import queue_full, run_not_found, session_busy
 from app.domain.runs.schemas import IfBusy, Run, RunError, RunOptions, RunPage
 from app.domain.sessions.cache import SessionCache
+from app.domain.sessions.errors import session_not_found
 from app.domain.sessions.schemas import Session
-from app.domain.sessions.services import session_not_found, to_schema
+from app.domain.sessions.services import to_schema
 
 MAX_QUEUED_RUNS = 100
 

@@ -11,6 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
 from app.domain.keys.principal import AuthedRequest
 from app.domain.sessions.dependencies import provide_session_service
+from app.domain.sessions.errors import invalid_if_match
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import (
     MAX_TAGS,
@@ -26,7 +27,7 @@ from app.domain.sessions.schemas import (
 from app.domain.sessions.services import SessionService
 from app.lib.di import AppDependency
 from app.lib.logging import bind_session_from_path
-from app.lib.problems import ApiError, problem_responses
+from app.lib.problems import problem_responses
 
 # Below Postgres's bigint (a larger OFFSET cannot even be sent to the database) and exact as a JSON number, so
 # the OpenAPI `maximum` means what the validator enforces (2**63 - 1 would be rounded up as a double).
@@ -61,19 +62,14 @@ def parse_if_match(value: str | None) -> frozenset[int] | None:
         match = _ENTITY_TAG.match(text, position)
         # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() then refuses.
         if match is None or not (match.group(1).isascii() and match.group(1).isdigit()):
-            raise ApiError(
-                400,
-                "VALIDATION_ERROR",
-                'If-Match must be "*" or a list of session versions such as "3" (or W/"3").',
-                title="Invalid If-Match",
-            )
+            raise invalid_if_match('If-Match must be "*" or a list of session versions such as "3" (or W/"3").')
         members += 1
         tag = match.group(1)
         if str(int(tag)) == tag:
             versions.add(int(tag))
         position = match.end()
     if members == 0:
-        raise ApiError(400, "VALIDATION_ERROR", "If-Match names no entity tag.", title="Invalid If-Match")
+        raise invalid_if_match("If-Match names no entity tag.")
     return frozenset(versions)
 
 

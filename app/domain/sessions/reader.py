@@ -6,8 +6,9 @@ from __future__ import annotations
 from uuid import UUID
 
 from app.domain.sessions.cache import MISS, SessionCache
+from app.domain.sessions.errors import session_not_found
 from app.domain.sessions.schemas import Session
-from app.domain.sessions.services import SessionServiceFactory, session_not_found
+from app.domain.sessions.services import SessionServiceFactory
 
 
 class SessionReader:

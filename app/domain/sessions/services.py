@@ -21,6 +21,15 @@ from sqlalchemy.orm.exc import StaleDataError
 from app.agents.base import AgentRequestError
 from app.db.models import AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
 from app.domain.sessions.cache import SessionCache
+from app.domain.sessions.errors import (
+    busy_for_delete,
+    changed_concurrently,
+    if_match_mismatch,
+    invalid_session_settings,
+    kept_changing,
+    session_locked,
+    session_not_found,
+)
 from app.domain.sessions.schemas import (
     ActiveRun,
     MessagePage,
@@ -32,7 +41,6 @@ from app.domain.sessions.schemas import (
     Usage,
 )
 from app.domain.sessions.valkey_keys import lock_key
-from app.lib.problems import ApiError
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.lock import DistributedLock, LockTimeoutError
 
@@ -53,10 +61,6 @@ class SessionRuns(Protocol):
 
     async def forget_events(self, session_id: UUID) -> None:
         """The session's live event stream goes (best effort: it expires on its own)."""
-
-
-def session_not_found(session_id: UUID) -> ApiError:
-    return ApiError(404, "SESSION_NOT_FOUND", f"Session {session_id} does not exist.", title="Session not found")
 
 
 def to_schema(row: AgentSession) -> Session:
@@ -105,7 +109,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         try:
             self.runs.check_session_settings(model, permission_mode)
         except AgentRequestError as exc:
-            raise ApiError(422, "VALIDATION_ERROR", str(exc), title="Invalid session settings") from exc
+            raise invalid_session_settings(str(exc)) from exc
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -212,24 +216,13 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             try:
                 token = await self.lock.acquire(key)
             except LockTimeoutError as exc:
-                raise ApiError(
-                    409,
-                    "SESSION_LOCKED",
-                    "The session is locked by another writer; try again.",
-                    headers={"Retry-After": "1"},
-                ) from exc
+                raise session_locked() from exc
             except VALKEY_ERRORS:
                 token = None
             try:
                 row = await self.load_owned(session_id, owner_key_id, for_update=True)
                 if expected_versions is not None and row.version not in expected_versions:
-                    sent = ", ".join(f'"{v}"' for v in sorted(expected_versions)) or "(no session version)"
-                    raise ApiError(
-                        412,
-                        "VERSION_CONFLICT",
-                        f'If-Match {sent} does not match the current version "{row.version}".',
-                        title="Version conflict",
-                    )
+                    raise if_match_mismatch(expected_versions, row.version)
                 result = mutate(row)
                 if result is not None:
                     await result
@@ -238,9 +231,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 except StaleDataError:
                     await self.repository.session.rollback()
                     if expected_versions is not None:
-                        raise ApiError(
-                            412, "VERSION_CONFLICT", "The session changed concurrently.", title="Version conflict"
-                        ) from None
+                        raise changed_concurrently() from None
                     continue
                 session = to_schema(row)
                 await self.cache.put(session, owner_key_id)
@@ -249,9 +240,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 if token is not None:
                     with contextlib.suppress(*VALKEY_ERRORS):
                         await self.lock.release(key, token)
-        raise ApiError(
-            409, "VERSION_CONFLICT", "The session kept changing concurrently; try again.", title="Version conflict"
-        )
+        raise kept_changing()
 
     async def update_session(
         self,
@@ -287,9 +276,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         # Postgres says whether a run is active (runs start fenced on this row), so the row lock decides.
         row = await self.load_owned(session_id, owner_key_id, for_update=True)
         if row.active_run_id is not None:
-            raise ApiError(
-                409, "SESSION_BUSY", "The session has an active run; interrupt it first.", title="Session busy"
-            )
+            raise busy_for_delete()
         db = self.repository.session
         await self.runs.cancel_queued_of_session(db, session_id)
         await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
