@@ -18,6 +18,7 @@ from app.domain.keys.services import ApiKeyService
 from app.lib import migrations
 from app.lib.compat import granian_signals
 from app.lib.problems import is_database_unavailable
+from app.lib.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +64,7 @@ class AppLifespan:
 
     async def stop_background_work(self) -> None:
         c = self.c
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         await c.cache_warmer.stop()
         await c.invalidation_sweeper.stop()
         await c.run_reaper.stop()

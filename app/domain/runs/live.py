@@ -25,6 +25,7 @@ from app.domain.runs.store import RunStore, RunTotals, StartedRun
 from app.domain.sessions.valkey_keys import active_key, events_key, interrupt_key
 from app.lib import metrics
 from app.lib.logging import bind_log_context
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.control import SignalMarker
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.lease import RunLease
@@ -151,9 +152,7 @@ class LiveRun:
             await self.agent.interrupt()
         if self.agent.interrupt_grace > 0 and not self.lease_lost:
             await asyncio.wait({consumer}, timeout=self.agent.interrupt_grace)
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
+        await cancel_and_wait(consumer)
         if self.lease_lost:
             self.recorder.add_now("error", self.outcome.fail(RUN_LOST["code"], RUN_LOST["message"]))
             return
@@ -293,9 +292,7 @@ class LiveRun:
                 logger.warning("run %s: heartbeat check failed", self.run_id, exc_info=True)
 
     async def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.wait({self._heartbeat})  # its end, without taking on its CancelledError
+        await cancel_and_wait(self._heartbeat)
 
     # -- the end -------------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ seconds without an event of this run (a queued run's stream pings until it start
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from app.domain.sessions.valkey_keys import active_key, events_key
 from app.lib import metrics
 from app.lib.problems import is_database_unavailable, is_valkey_unavailable
 from app.lib.sse import SSEFrame
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.event_log import EventLog, LogEntry, parse_entry_id
 from app.lib.valkey.lease import RunLease
 
@@ -92,10 +92,7 @@ class EventFollower:
         finally:
             # Closing, or the client went away (this task is cancelled): the read must not outlive us.
             closed.cancel()
-            if not read.done():
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await read
+            await cancel_and_wait(read)
         if read.cancelled():
             return await self.events.read_after(key, last, count=READ_COUNT) or None
         return read.result()

@@ -10,7 +10,6 @@ exists (e.g. every replica of a rolling deploy) skip, since the cache is shared.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from app.db.models import AgentSession
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.services import to_schema
 from app.lib import metrics
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.keys import global_key
 from app.lib.valkey.timeouts import bounded
@@ -65,10 +65,7 @@ class CacheWarmer:
             self.task = asyncio.create_task(self.run(), name="cache-warming")
 
     async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        await cancel_and_wait(self.task)
 
     async def run(self) -> int:
         """Warms the cache; returns how many sessions it wrote. Never raises (startup must not fail on it)."""
