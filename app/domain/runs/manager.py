@@ -53,15 +53,16 @@ def agent_request(
     return AgentRequest(
         session_id=str(session_id) if session_id else "",
         run_id=str(run_id) if run_id else "",
+        # A member left out (UNSET) or sent as null means the same to the backend: not asked for.
         prompt=options.prompt,
         model=options.model or model,
         permission_mode=options.permission_mode or permission_mode,
         allowed_tools=list(options.allowed_tools or []),
         disallowed_tools=list(options.disallowed_tools or []),
-        max_turns=options.max_turns,
-        system_prompt=options.system_prompt,
-        output_format=options.output_format,
-        include_partial_messages=options.include_partial_messages,
+        max_turns=options.max_turns or None,
+        system_prompt=options.system_prompt if isinstance(options.system_prompt, str) else None,
+        output_format=options.output_format or None,
+        include_partial_messages=options.include_partial_messages is True,
         resume=resume,
         fork=fork,
     )

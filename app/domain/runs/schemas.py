@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode, Usage, check_json_value
 
@@ -33,21 +33,22 @@ IF_BUSY_DESCRIPTION = (
 )
 
 
-class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """What the agent is asked to do; stored on the run as its `input`, as given."""
+class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True):
+    """What the agent is asked to do; stored on the run as its `input`, as given: a member the client left out
+    stays out (UNSET), one it sent (even `null` or `false`) is kept."""
 
     prompt: Prompt
-    model: ModelName | None = None
-    permission_mode: PermissionMode | None = None
-    allowed_tools: ToolList | None = None
-    disallowed_tools: ToolList | None = None
-    max_turns: Annotated[int, Meta(ge=1, le=1000)] | None = None
-    system_prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)] | None = None
-    output_format: dict[str, Any] | None = None
-    include_partial_messages: bool = False
+    model: ModelName | UnsetType | None = UNSET
+    permission_mode: PermissionMode | UnsetType | None = UNSET
+    allowed_tools: ToolList | UnsetType | None = UNSET
+    disallowed_tools: ToolList | UnsetType | None = UNSET
+    max_turns: Annotated[int, Meta(ge=1, le=1000)] | UnsetType | None = UNSET
+    system_prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)] | UnsetType | None = UNSET
+    output_format: dict[str, Any] | UnsetType | None = UNSET
+    include_partial_messages: bool | UnsetType = UNSET
 
     def __post_init__(self) -> None:
-        if self.output_format is not None:
+        if isinstance(self.output_format, dict):
             check_json_value(self.output_format, "output_format")
 
 

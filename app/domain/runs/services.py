@@ -78,8 +78,8 @@ class RunService:
             new_session = AgentSession(
                 owner_key_id=owner_key_id,
                 title=options.prompt[:SESSION_TITLE_CHARS],
-                model=options.model,
-                permission_mode=options.permission_mode,
+                model=options.model or None,
+                permission_mode=options.permission_mode or None,
                 tags=[],
                 meta={},
             )
