@@ -119,6 +119,39 @@ def build_alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
     return config
 
 
+def build_middleware(components: AppComponents, *, traced: bool) -> list[Any]:
+    """Litestar's middleware, outermost first. (Request metrics, the request context and the edge checks sit
+    further out, around Litestar's whole handler: see the `install` calls in `create_app`.)"""
+    middleware: list[Any] = [
+        DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS, authenticator=components.authenticator)
+    ]
+    if components.rate_limiters:
+        # Inside authentication: the subject is the key's id.
+        middleware.append(RateLimitMiddleware(components.rate_limiters))
+    # Inside the rate limiter: a refused request claims no Idempotency-Key.
+    middleware.append(IdempotencyMiddleware(components.idempotency_store, components.run_service))
+    if traced:
+        middleware.insert(0, tracing.RouteSpanNameMiddleware)
+    return middleware
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Agent API",
+        version="1.0.0",
+        description="Runs Claude agent sessions for REST and Server-Sent-Events clients.\n\n" + ERROR_CODES_DOC,
+        path="/docs",
+        render_plugins=[docs.swagger_render_plugin()],
+        components=Components(
+            security_schemes={
+                "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                "Bearer": SecurityScheme(type="http", scheme="bearer"),
+            }
+        ),
+        security=[{"ApiKey": []}, {"Bearer": []}],
+    )
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     # Bad values fail here, at startup, with the setting's name.
@@ -139,20 +172,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
     )
     components = AppComponents.build(settings, alchemy, valkey.clients)
-    # Request metrics are counted at the ASGI edge (app.lib.metrics.install), where the status is the one sent.
-    middleware: list[Any] = [
-        DefineMiddleware(ApiKeyAuthMiddleware, exclude=PUBLIC_PATHS, authenticator=components.authenticator)
-    ]
-    if components.rate_limiters:
-        # Inside authentication: the subject is the key's id.
-        middleware.append(RateLimitMiddleware(components.rate_limiters))
-    # Inside the rate limiter: a refused request claims no Idempotency-Key.
-    middleware.append(IdempotencyMiddleware(components.idempotency_store, components.run_service))
     otel = tracing.build_otel_plugin(
         enabled=settings.app.otel_enabled, endpoint=settings.app.otel_endpoint, instance_id=settings.app.instance_id
     )
-    if otel is not None:
-        middleware.insert(0, tracing.RouteSpanNameMiddleware)
     app = Litestar(
         route_handlers=[
             HealthController,
@@ -174,24 +196,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             GranianPlugin(),
             *([otel] if otel is not None else []),
         ],
-        middleware=middleware,
+        middleware=build_middleware(components, traced=otel is not None),
         exception_handlers=exception_handlers(),
         request_max_body_size=MAX_BODY_BYTES,
         cors_config=cors_config,
-        openapi_config=OpenAPIConfig(
-            title="Agent API",
-            version="1.0.0",
-            description="Runs Claude agent sessions for REST and Server-Sent-Events clients.\n\n" + ERROR_CODES_DOC,
-            path="/docs",
-            render_plugins=[docs.swagger_render_plugin()],
-            components=Components(
-                security_schemes={
-                    "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
-                    "Bearer": SecurityScheme(type="http", scheme="bearer"),
-                }
-            ),
-            security=[{"ApiKey": []}, {"Bearer": []}],
-        ),
+        openapi_config=openapi_config(),
         debug=settings.app.debug,
     )
     cors.install(app)
