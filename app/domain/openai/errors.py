@@ -16,9 +16,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from msgspec import Struct
 
-from app.lib.problems import (
-    ApiError,
-    Problem,
+from app.lib.problems import ApiError, Problem
+from app.lib.problems.handlers import (
     api_error_handler,
     http_exception_handler,
     internal_error_handler,
