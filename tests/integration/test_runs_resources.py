@@ -384,3 +384,15 @@ async def test_run_input_is_the_options_as_given(a: Instance, b: Instance, api_k
         assert (await wait_run(ca, queued["id"]))["input"] == sent
         bare = await start_run(cb, sid, "only a prompt")
         assert bare["input"] == {"prompt": "only a prompt"}
+
+
+async def test_a_deleted_sessions_run_stream_ends_at_once(a: Instance, api_key: str) -> None:
+    """Its events went with the session: the run's stream ends (empty) instead of waiting for a `done` that
+    will never reach Postgres."""
+    async with a.client(api_key) as ca:
+        sid = await new_session(ca)
+        run = await start_run(ca, sid, "hello")
+        assert (await wait_run(ca, run["id"]))["status"] == "completed"
+        assert (await ca.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+        events = await asyncio.wait_for(run_events(ca, run["id"]), timeout=5)  # the wait for a late done is 10 s
+        assert events == []

@@ -18,7 +18,7 @@ import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import and_, or_, select
 
-from app.db.models import SessionEvent
+from app.db.models import AgentSession, SessionEvent
 from app.domain.runs.lease_value import decode_lease
 from app.domain.runs.store import RunStore, is_ended
 from app.domain.sessions.valkey_keys import active_key, events_key
@@ -184,10 +184,17 @@ class EventFollower:
                     return
             elif await self._has_done(session_id, run_id):
                 return  # the client already had the end
+            elif not await self._session_exists(session_id):
+                return  # deleted with its session: its events went with it and none will come
             if time.monotonic() > deadline:
                 logger.warning("run %s ended but its done never reached Postgres", run_id)
                 return
             await asyncio.sleep(0.05)
+
+    async def _session_exists(self, session_id: UUID) -> bool:
+        async with self.alchemy.get_session() as db:
+            found = (await db.execute(select(AgentSession.id).where(AgentSession.id == session_id))).first()
+        return found is not None
 
     async def _has_done(self, session_id: UUID, run_id: UUID) -> bool:
         async with self.alchemy.get_session() as db:
