@@ -13,7 +13,7 @@ from uuid import UUID
 import msgspec
 
 from app.db.models import AgentSession
-from app.domain.runs.errors import no_pending_question, not_running, valkey_unavailable
+from app.domain.runs.errors import invalid_event_id, no_pending_question, not_running, valkey_unavailable
 from app.domain.runs.manager import RunManager
 from app.domain.runs.recorder import persist_events, stream_fields
 from app.domain.runs.schemas import IfBusy, QueryResult, Run, RunError, RunOptions, RunPage
@@ -38,10 +38,6 @@ WAIT_POLL_SECONDS = 0.25
 MAX_EVENT_ID_PART = 2**63 - 1
 
 FrameStream = AsyncIterator[list[SSEFrame] | None]
-
-
-def invalid_event_id(detail: str) -> ApiError:
-    return ApiError(400, "VALIDATION_ERROR", detail, title="Invalid event id")
 
 
 def parse_after(value: str | None) -> str:
