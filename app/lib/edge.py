@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
@@ -36,6 +37,25 @@ def _problem_414(length: int) -> bytes:
     )
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# How much of a refused body is read and dropped, at most (beyond it the connection is closed mid-upload).
+MAX_DISCARDED_BYTES = 64 * 1024 * 1024
+DISCARD_TIMEOUT = 10.0
+
+
+async def _discard_body(receive: Receive) -> None:
+    discarded = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DISCARD_TIMEOUT):
+            while discarded <= MAX_DISCARDED_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                discarded += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+
 class HttpEdgeMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -57,10 +77,39 @@ class HttpEdgeMiddleware:
             )
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
-        if scope["method"] != "HEAD":
+        method = scope["method"]
+        if method in _BODY_METHODS:
+            await self._drain_refused_body(scope, receive, send)
+            return
+        if method != "HEAD":
             await self.app(scope, receive, send)
             return
         await self._head(scope, receive, send)
+
+    async def _drain_refused_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A body refused before it was read (413) is read to its end and dropped before the response ends.
+
+        Otherwise the server closes the connection with the client's bytes still unread, the kernel answers them
+        with a reset, and a client still uploading loses the 413 to a connection error (and keep-alive ends)."""
+        body_done = False
+        status = 0
+
+        async def tracking_receive() -> ReceiveMessage:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, tracking_receive, tracking_send)
+        if status == 413 and not body_done:
+            await _discard_body(receive)
 
     async def _head(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A copy: the server keeps its own scope saying HEAD (it then sends no body bytes itself).
