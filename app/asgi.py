@@ -44,7 +44,6 @@ from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.invalidations import InvalidationSweeper, PendingInvalidations
-from app.domain.sessions.keys import CONTROL_CHANNEL
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.sessions.services import SessionInfra
@@ -129,7 +128,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             ),
             lease=RunLease(clients.main, ttl_ms=settings.runs.lease_ttl_ms),
             events=EventLog(clients.main, clients.blocking),
-            control=ControlChannel(clients.main, clients.blocking, CONTROL_CHANNEL),
+            control=ControlChannel(clients.main, clients.blocking, settings.app.instance_id),
             markers=SignalMarker(clients.main),
             check_agent_settings=settings_check(backend),
             run_event_hook=enqueue_for_run,
@@ -340,6 +339,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             socket_timeout=settings.valkey.socket_timeout,
             connect_timeout=settings.valkey.connect_timeout,
             max_connections=settings.valkey.max_connections,
+            cluster=settings.valkey.cluster,
         )
     )
     # Request metrics are counted at the ASGI edge (app.lib.metrics.install), where the status is the one sent.

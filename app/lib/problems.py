@@ -14,8 +14,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy import exc as sa_exc
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+
+from app.lib.valkey.errors import VALKEY_OUTAGE_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 def is_valkey_unavailable(exc: BaseException) -> bool:
     # Valkey's own errors only: a bare OSError may as well be the database's.
-    return any(isinstance(item, (ValkeyConnectionError, ValkeyTimeoutError)) for item in _chain(exc))
+    return any(isinstance(item, VALKEY_OUTAGE_ERRORS) for item in _chain(exc))
 
 
 def api_error_handler(request: Request[Any, Any, Any], exc: ApiError) -> Response[Problem]:

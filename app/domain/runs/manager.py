@@ -164,7 +164,10 @@ class RunManager:
             await self._launch(submitted.started)
         else:
             if submitted.interrupt is not None:
-                await self.interrupt(submitted.session.id, submitted.interrupt)
+                active = submitted.session.active_run
+                await self.interrupt(
+                    submitted.session.id, submitted.interrupt, active.instance_id if active else self.instance_id
+                )
             if submitted.session.active_run is None:
                 # Queued behind a run that has just ended: nobody else may be about to start it.
                 await self.start_next(submitted.session.id)
@@ -247,27 +250,34 @@ class RunManager:
 
     # -- reaching a run wherever it runs -------------------------------------------------------------
 
-    async def interrupt(self, session_id: UUID, run_id: UUID) -> None:
+    # The owner is the run's `instance_id` (Postgres has it from the run's start): the message goes to that
+    # instance's control stream only.
+
+    async def interrupt(self, session_id: UUID, run_id: UUID, instance_id: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
             run.request_interrupt()
             return
         try:
-            await self.channel.publish(
+            await self.channel.send(
+                instance_id,
                 control.encode(control.Interrupt(session_id=session_id, run_id=run_id)),
                 marker=(interrupt_key(session_id), str(run_id), self.settings.runs.interrupt_ttl),
             )
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
-    async def answer(self, session_id: UUID, run_id: UUID, answer: str, question_id: str | None) -> str:
+    async def answer(
+        self, session_id: UUID, run_id: UUID, instance_id: str, answer: str, question_id: str | None
+    ) -> str:
         """ "delivered", "no_pending_question" or "not_running" (the owner did not answer in time)."""
         run = self.runs.get(run_id)
         if run is not None:
             return await run.answer(answer, question_id)
         reply_key = self.channel.reply_key(session_id)
         try:
-            await self.channel.publish(
+            await self.channel.send(
+                instance_id,
                 control.encode(
                     control.DeliverAnswer(
                         session_id=session_id,
@@ -276,7 +286,7 @@ class RunManager:
                         question_id=question_id,
                         reply_key=reply_key,
                     )
-                )
+                ),
             )
             raw = await self.channel.wait_reply(reply_key, self.settings.runs.answer_timeout)
         except VALKEY_ERRORS as exc:
@@ -284,14 +294,15 @@ class RunManager:
         reply = control.decode_reply(raw) if raw is not None else None
         return reply.outcome if reply is not None else "not_running"
 
-    async def set_permission_mode(self, session_id: UUID, run_id: UUID, mode: str) -> None:
+    async def set_permission_mode(self, session_id: UUID, run_id: UUID, instance_id: str, mode: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
             await run.set_permission_mode(mode)
             return
         with contextlib.suppress(*VALKEY_ERRORS):
-            await self.channel.publish(
-                control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode))
+            await self.channel.send(
+                instance_id,
+                control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode)),
             )
 
     async def on_control_message(self, raw: bytes) -> None:

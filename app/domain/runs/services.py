@@ -21,7 +21,7 @@ from app.domain.runs.store import RunStore, Submitted, is_ended
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.keys import events_key
 from app.domain.sessions.reader import SessionReader
-from app.domain.sessions.schemas import Usage
+from app.domain.sessions.schemas import ActiveRun, Usage
 from app.lib.problems import ApiError, is_valkey_unavailable
 from app.lib.sse import SSEFrame
 from app.lib.valkey.errors import VALKEY_ERRORS
@@ -182,17 +182,17 @@ class RunService:
 
     # -- reaching the running agent ------------------------------------------------------------------
 
-    async def _active_run_id(self, owner_key_id: UUID, session_id: UUID) -> UUID:
+    async def _active_run(self, owner_key_id: UUID, session_id: UUID) -> ActiveRun:
         session = await self.reader.get(session_id, owner_key_id)
         if session.active_run is None:
             raise not_running(session_id)
-        return session.active_run.run_id
+        return session.active_run
 
     async def interrupt(self, owner_key_id: UUID, session_id: UUID) -> UUID:
         await self.manager.require_valkey()
-        run_id = await self._active_run_id(owner_key_id, session_id)
-        await self.manager.interrupt(session_id, run_id)
-        return run_id
+        active = await self._active_run(owner_key_id, session_id)
+        await self.manager.interrupt(session_id, active.run_id, active.instance_id)
+        return active.run_id
 
     async def cancel(self, owner_key_id: UUID, run_id: UUID) -> tuple[Run, bool]:
         """(the run, whether it is being interrupted): queued → cancelled at once; running → interrupted;
@@ -205,7 +205,7 @@ class RunService:
             run = await self.store.get(owner_key_id, run_id)  # it started (or ended) meanwhile
         if run.status == "running":
             await self.manager.require_valkey()
-            await self.manager.interrupt(run.session_id, run.id)
+            await self.manager.interrupt(run.session_id, run.id, run.instance_id or self.manager.instance_id)
             return run, True
         return run, False
 
@@ -228,9 +228,9 @@ class RunService:
 
     async def answer(self, owner_key_id: UUID, session_id: UUID, answer: str, question_id: str | None) -> None:
         await self.manager.require_valkey()
-        run_id = await self._active_run_id(owner_key_id, session_id)
+        active = await self._active_run(owner_key_id, session_id)
         try:
-            outcome = await self.manager.answer(session_id, run_id, answer, question_id)
+            outcome = await self.manager.answer(session_id, active.run_id, active.instance_id, answer, question_id)
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
         if outcome == "not_running":

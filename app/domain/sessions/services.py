@@ -316,7 +316,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 session_id=session_id, run_id=session.active_run.run_id, permission_mode=data.permission_mode
             )
             with contextlib.suppress(*VALKEY_ERRORS):
-                await self.infra.control.publish(control.encode(message))
+                await self.infra.control.send(session.active_run.instance_id, control.encode(message))
         return session
 
     async def delete_session(self, session_id: UUID, owner_key_id: UUID) -> None:

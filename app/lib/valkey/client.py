@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from valkey.asyncio import Valkey
+from valkey.asyncio.cluster import ValkeyCluster
+from valkey.commands.core import AsyncScript
 
 from app.lib.valkey.pipelined_get import PipelinedGetter
-from app.lib.valkey.timeouts import set_command_timeout
+from app.lib.valkey.timeouts import bounded, set_command_timeout
+
+ValkeyClient: TypeAlias = Valkey | ValkeyCluster
+"""One node or a Valkey Cluster (`VALKEY_CLUSTER=true`): the primitives use only what both offer — single-slot
+commands, scripts and non-transactional pipelines (a cluster pipeline splits itself by node)."""
+
+
+class ClusterNotOkError(Exception):
+    """The cluster answers but says it cannot serve every slot (`cluster_state:fail`)."""
 
 
 @dataclass
@@ -16,18 +27,35 @@ class ValkeyClients:
 
     Neither has a socket timeout: valkey-py implements it with a task per command, which cost ~45 µs of a
     ~90 µs GET here. Commands on `main` are bounded by the primitives with `asyncio.timeout` instead (a
-    timer, not a task); a dead server is noticed at once anyway (connection refused or reset)."""
+    timer, not a task); a dead server is noticed at once anyway (connection refused or reset).
 
-    main: Valkey
-    blocking: Valkey
-    getter: PipelinedGetter
-    """The hot-path GET (see `PipelinedGetter`)."""
+    With `cluster`, both are `ValkeyCluster` clients (they discover the nodes from the one in the URL and follow
+    MOVED/ASK and failovers); each keeps its own connection pool per node."""
+
+    main: ValkeyClient
+    blocking: ValkeyClient
+    getter: PipelinedGetter | None
+    """The hot-path GET on one node (see `PipelinedGetter`); None on a cluster (the cluster client routes it)."""
+    cluster: bool = False
 
     @classmethod
     def from_url(
-        cls, url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int
+        cls,
+        url: str,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+        max_connections: int,
+        cluster: bool = False,
     ) -> ValkeyClients:
         set_command_timeout(socket_timeout)
+        if cluster:
+            return cls(
+                main=_cluster_client(url, connect_timeout, max_connections, keepalive=False),
+                blocking=_cluster_client(url, connect_timeout, max_connections, keepalive=True),
+                getter=None,
+                cluster=True,
+            )
         main = Valkey.from_url(
             url,
             socket_timeout=None,
@@ -45,7 +73,49 @@ class ValkeyClients:
         )
         return cls(main=main, blocking=blocking, getter=PipelinedGetter(url, connect_timeout=connect_timeout))
 
+    async def check(self) -> dict[str, Any]:
+        """Raises if Valkey cannot serve (unreachable; on a cluster, also `cluster_state` not `ok`); returns what
+        readiness reports beside "up"."""
+        async with bounded():
+            await self.main.ping()
+        if not isinstance(self.main, ValkeyCluster):
+            return {}
+        async with bounded():
+            info: dict[str, Any] = await self.main.cluster_info()
+        state = str(info.get("cluster_state", "unknown"))
+        details = {
+            "cluster_state": state,
+            "cluster_size": int(info.get("cluster_size", 0)),
+            "cluster_known_nodes": int(info.get("cluster_known_nodes", 0)),
+            "cluster_slots_ok": int(info.get("cluster_slots_ok", 0)),
+        }
+        if state != "ok":
+            raise ClusterNotOkError(details)
+        return details
+
     async def aclose(self) -> None:
-        await self.getter.aclose()
+        if self.getter is not None:
+            await self.getter.aclose()
         await self.main.aclose()
         await self.blocking.aclose()
+
+
+def _cluster_client(url: str, connect_timeout: float, max_connections: int, *, keepalive: bool) -> ValkeyCluster:
+    return ValkeyCluster.from_url(
+        url,
+        socket_timeout=None,
+        socket_connect_timeout=connect_timeout,
+        socket_keepalive=keepalive,
+        # Per node.
+        max_connections=max_connections,
+        health_check_interval=30,
+        # A command whose node is gone is retried after a topology refresh, then fails like an unreachable node
+        # (503 VALKEY_UNAVAILABLE, reads from Postgres) until the replica takes over.
+        cluster_error_retry_attempts=2,
+    )
+
+
+def register_script(client: ValkeyClient, source: str) -> AsyncScript:
+    """`client.register_script` for either client: valkey-py types it for `Valkey` only, but `ValkeyCluster` runs
+    the same `AsyncScript` (EVALSHA routed by its keys' slot; SCRIPT LOAD on every primary after NOSCRIPT)."""
+    return AsyncScript(client, source)  # type: ignore[arg-type]

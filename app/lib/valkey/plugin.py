@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
-from valkey.asyncio import Valkey
 
-from app.lib.valkey.client import ValkeyClients
+from app.lib.valkey.client import ValkeyClient, ValkeyClients
 
 
 @dataclass
@@ -18,6 +17,8 @@ class ValkeyPluginConfig:
     socket_timeout: float = 2.0
     connect_timeout: float = 1.0
     max_connections: int = 2000
+    cluster: bool = False
+    """`url` names one node of a Valkey Cluster (SPEC §11)."""
 
 
 class ValkeyPlugin(InitPluginProtocol):
@@ -30,9 +31,10 @@ class ValkeyPlugin(InitPluginProtocol):
             socket_timeout=config.socket_timeout,
             connect_timeout=config.connect_timeout,
             max_connections=config.max_connections,
+            cluster=config.cluster,
         )
 
-    def provide_valkey(self) -> Valkey:
+    def provide_valkey(self) -> ValkeyClient:
         return self.clients.main
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
