@@ -25,6 +25,10 @@ from tests.integration.test_idempotency import (
     test_stream_replay_rejoins_the_original_run,
     test_twenty_concurrent_identical_requests_create_one_run,
 )
+from tests.integration.test_key_layout import (
+    test_an_interrupt_reaches_only_the_owners_control_stream,
+    test_every_key_is_in_one_hash_tag,
+)
 from tests.integration.test_rate_limit import test_limit_is_shared_by_instances_and_per_key
 from tests.integration.test_runs import (
     test_answer_from_other_instance_reaches_agent,
