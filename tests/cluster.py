@@ -103,6 +103,9 @@ class ValkeyTestCluster:
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
             # The tests are on one machine: let a replica take over at once, whatever its replication lag.
             "--cluster-replica-validity-factor", "0",
+            # While one shard is down (before its replica is promoted) the others keep serving (README "Scaling
+            # out": recommended in production too).
+            "--cluster-require-full-coverage", "no",
             "--dir", str(node.directory),
             "--save", "",
             "--appendonly", "no",
@@ -170,6 +173,18 @@ class ValkeyTestCluster:
             if any(lo <= slot <= hi for lo, hi in ranges):
                 return node
         raise LookupError(f"no primary serves slot {slot}")
+
+    def replica_of(self, primary: ClusterNode) -> ClusterNode:
+        primary_id = _myself(primary)[0]
+        for node in self.nodes:
+            if node is not primary and node.alive and _myself(node)[3] == primary_id:
+                return node
+        raise LookupError(f"no replica of {primary.port}")
+
+    def wait_promoted(self, replica: ClusterNode, timeout: float = 30.0) -> None:
+        """Until `replica` is a primary and every live node says `cluster_state:ok` again."""
+        self._wait(lambda: _role(replica) == "master", f"{replica.port} to be promoted", timeout)
+        self.wait_ok(timeout)
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL: the process is gone at once, no goodbye to its peers."""

@@ -12,6 +12,8 @@ import logging
 import time
 from uuid import UUID
 
+from uuid_utils.compat import uuid7
+
 from app.agents.base import AgentBackend, AgentRequest, AgentRequestError, AnswerOutcome
 from app.config.settings import Settings
 from app.db.models import AgentSession
@@ -126,9 +128,10 @@ class RunManager:
         except AgentRequestError as exc:
             raise invalid_run_options(str(exc)) from exc
 
-    async def require_valkey(self) -> None:
+    async def require_valkey(self, session_id: UUID) -> None:
+        """503 unless the session's Valkey (on a cluster: the shard of its `{<sid>}` slot) answers."""
         try:
-            await self.events.ping()
+            await self.events.ping(events_key(session_id))
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
@@ -147,7 +150,14 @@ class RunManager:
         session's queue (or, with if_busy=interrupt, the active run is interrupted so it goes next)."""
         if self.draining:
             raise shutting_down()
-        await self.require_valkey()
+        if new_session is not None:
+            if new_session.id is None:
+                new_session.id = UUID(str(uuid7()))  # now, not at the flush: its slot says which shard must answer
+            target = new_session.id
+        else:
+            assert session_id is not None  # one of the two, always (as in `RunStore.submit`)
+            target = session_id
+        await self.require_valkey(target)
         try:
             submitted = await self.store.submit(
                 owner_key_id,

@@ -162,7 +162,7 @@ class RunService:
 
     async def _open(self, run: Run, after: str) -> FrameStream:
         try:
-            await self.manager.require_valkey()
+            await self.manager.require_valkey(run.session_id)
         except ApiError:
             if not is_ended(run.status):
                 raise
@@ -189,7 +189,7 @@ class RunService:
         return session.active_run
 
     async def interrupt(self, owner_key_id: UUID, session_id: UUID) -> UUID:
-        await self.manager.require_valkey()
+        await self.manager.require_valkey(session_id)
         active = await self._active_run(owner_key_id, session_id)
         await self.manager.interrupt(session_id, active.run_id, active.instance_id)
         return active.run_id
@@ -204,7 +204,7 @@ class RunService:
                 return await self.store.get(owner_key_id, run_id), False
             run = await self.store.get(owner_key_id, run_id)  # it started (or ended) meanwhile
         if run.status == "running":
-            await self.manager.require_valkey()
+            await self.manager.require_valkey(run.session_id)
             await self.manager.interrupt(run.session_id, run.id, run.instance_id or self.manager.instance_id)
             return run, True
         return run, False
@@ -227,7 +227,7 @@ class RunService:
             logger.warning("run %s: cancelled, but its stream could not be ended", run.id, exc_info=True)
 
     async def answer(self, owner_key_id: UUID, session_id: UUID, answer: str, question_id: str | None) -> None:
-        await self.manager.require_valkey()
+        await self.manager.require_valkey(session_id)
         active = await self._active_run(owner_key_id, session_id)
         try:
             outcome = await self.manager.answer(session_id, active.run_id, active.instance_id, answer, question_id)

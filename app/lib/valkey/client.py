@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from valkey.asyncio import Valkey
 from valkey.asyncio.cluster import ValkeyCluster
-from valkey.commands.core import AsyncScript
+from valkey.exceptions import NoScriptError
 
+from app.lib.valkey.cluster import ResilientValkeyCluster
 from app.lib.valkey.pipelined_get import PipelinedGetter
 from app.lib.valkey.timeouts import bounded, set_command_timeout
 
@@ -101,7 +104,7 @@ class ValkeyClients:
 
 
 def _cluster_client(url: str, connect_timeout: float, max_connections: int, *, keepalive: bool) -> ValkeyCluster:
-    return ValkeyCluster.from_url(
+    return ResilientValkeyCluster.from_url(
         url,
         socket_timeout=None,
         socket_connect_timeout=connect_timeout,
@@ -115,7 +118,27 @@ def _cluster_client(url: str, connect_timeout: float, max_connections: int, *, k
     )
 
 
-def register_script(client: ValkeyClient, source: str) -> AsyncScript:
-    """`client.register_script` for either client: valkey-py types it for `Valkey` only, but `ValkeyCluster` runs
-    the same `AsyncScript` (EVALSHA routed by its keys' slot; SCRIPT LOAD on every primary after NOSCRIPT)."""
-    return AsyncScript(client, source)  # type: ignore[arg-type]
+class Script:
+    """A Lua script called by its SHA1 (EVALSHA); a node that does not know it yet (new, restarted, a replica just
+    promoted) gets the body once (EVAL, on that node only).
+
+    Not valkey-py's `AsyncScript`: after NOSCRIPT it runs SCRIPT LOAD on *every* primary of a cluster, which fails
+    while any one of them is down, so during a failover a script new to a healthy shard would fail there too."""
+
+    __slots__ = ("_client", "sha", "source")
+
+    def __init__(self, client: ValkeyClient, source: str) -> None:
+        self._client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[str] = (), args: Sequence[str | bytes | int | float] = ()) -> Any:
+        parts: list[Any] = [*keys, *args]
+        try:
+            return await self._client.evalsha(self.sha, len(keys), *parts)  # type: ignore[misc]
+        except NoScriptError:
+            return await self._client.eval(self.source, len(keys), *parts)  # type: ignore[misc]
+
+
+def register_script(client: ValkeyClient, source: str) -> Script:
+    return Script(client, source)

@@ -89,7 +89,11 @@ class EventLog:
         eid = items[0][0]
         return eid.decode() if isinstance(eid, bytes) else str(eid)
 
-    async def ping(self) -> None:
-        """Raises if Valkey is unreachable (callers that must not proceed without it check first)."""
+    async def ping(self, key: str | None = None) -> None:
+        """Raises if Valkey is unreachable (callers that must not proceed without it check first). With `key`, the
+        node that serves its slot is asked (one EXISTS): on a cluster, one shard down does not fail the others."""
         async with bounded():
-            await self._client.ping()
+            if key is None:
+                await self._client.ping()
+            else:
+                await self._client.exists(key)
