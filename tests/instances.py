@@ -16,6 +16,7 @@ import uvicorn
 from litestar import Litestar
 
 from app.asgi import build_alchemy_config, create_app
+from app.components import AppComponents
 from app.config.settings import (
     AppSettings,
     ClaudeSettings,
@@ -68,6 +69,12 @@ class Instance:
     base_url: str
     server: uvicorn.Server
     task: asyncio.Task[None]
+
+    @property
+    def components(self) -> AppComponents:
+        """The instance's app-level objects (run manager, reaper, ...), for tests that look inside."""
+        components: AppComponents = self.app.state["components"]
+        return components
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
         headers = {"X-API-Key": key} if key else {}

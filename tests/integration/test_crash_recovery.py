@@ -94,7 +94,7 @@ async def test_a_dead_owners_session_is_busy_until_reaped_never_run_twice(
             busy = await co.post(f"/api/v1/sessions/{sid}/resume", json={"prompt": "fresh"})
             assert busy.status_code == 409 and busy.json()["code"] == "SESSION_BUSY"
             # A reaper (here: the other instance's, run once by hand) ends the lost run; then the session runs.
-            await wait_for(other.app.state["run_reaper"].sweep, timeout=20, interval=0.2, what="the lost run reaped")
+            await wait_for(other.components.run_reaper.sweep, timeout=20, interval=0.2, what="the lost run reaped")
             async with co.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "fresh"}) as resp2:
                 assert resp2.status_code == 200
                 fresh = await collect_sse(resp2)

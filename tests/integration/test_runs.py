@@ -232,7 +232,7 @@ async def test_permission_mode_change_reaches_running_agent(a: Instance, b: Inst
         resp, events = await start_stream(ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "sleep 5"})
         try:
             init = await next_event(events, "init")
-            manager = a.app.state["run_manager"]
+            manager = a.components.run_manager
             from uuid import UUID
 
             run = manager.runs[UUID(init.data["run_id"])]

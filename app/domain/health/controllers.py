@@ -7,10 +7,11 @@ from typing import Any
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar import Controller, Response, get
-from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 
+from app.domain.runs.manager import RunManager
+from app.lib.di import AppDependency
 from app.lib.valkey.client import ValkeyClients
 
 CHECK_TIMEOUT = 2.0
@@ -67,9 +68,14 @@ class HealthController(Controller):
             )
         },
     )
-    async def ready(self, state: State) -> Response[Ready]:
-        alchemy: SQLAlchemyAsyncConfig = state["alchemy_config"]
-        clients: ValkeyClients = state["valkey_clients"]
+    async def ready(
+        self,
+        alchemy_config: AppDependency[SQLAlchemyAsyncConfig],
+        valkey_clients: AppDependency[ValkeyClients],
+        run_manager: AppDependency[RunManager],
+        startup_work: AppDependency[StartupWork],
+    ) -> Response[Ready]:
+        alchemy, clients, manager, startup = alchemy_config, valkey_clients, run_manager, startup_work
 
         async def postgres() -> None:
             async with alchemy.get_engine().connect() as conn:
@@ -81,17 +87,14 @@ class HealthController(Controller):
 
         pg, vk = await asyncio.gather(_timed(postgres), _timed(valkey))
         checks = {"postgres": pg, "valkey": vk}
-        manager = state.get("run_manager")
-        startup: StartupWork | None = state.get("startup_work")
-        if startup is not None:
-            checks["startup"] = {"status": "done" if startup.done else "pending"}
+        checks["startup"] = {"status": "done" if startup.done else "pending"}
         not_ready = (
             "draining"
-            if manager is not None and getattr(manager, "draining", False)
+            if manager.draining
             else "unavailable"
             if pg["status"] != "up"
             else "starting"
-            if startup is not None and not startup.done
+            if not startup.done
             else None
         )
         if not_ready is not None:

@@ -27,7 +27,7 @@ from app.domain.idempotency import ATTACH_RUN_STATE, IDEMPOTENT_OPT
 from app.domain.idempotency.store import Claimed, IdempotencyStore, InProgress, Replay, Reused, Running
 from app.domain.keys.auth import Principal
 from app.domain.runs.controllers import sse
-from app.domain.runs.services import query_result
+from app.domain.runs.services import RunService, query_result
 from app.lib.problems import PROBLEM_JSON, ApiError, Problem, is_database_unavailable, is_valkey_unavailable
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,11 @@ async def _read_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes, boo
 class IdempotencyMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
+    def __init__(self, store: IdempotencyStore, run_service: RunService) -> None:
+        self.store = store
+        # A replay of a run's stream rejoins the run; a repeat of `/query/single` waits for its result.
+        self.run_service = run_service
+
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         handler = scope.get("route_handler")
         user = scope.get("user")
@@ -123,7 +128,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 (str(scope.get("method", "")).encode(), scope["path"].encode(), scope.get("query_string", b""), body)
             )
         ).hexdigest()
-        store: IdempotencyStore = scope["app"].state["idempotency_store"]
+        store = self.store
         try:
             begun = await store.begin(user.key_id, key, fingerprint)
         except Exception as exc:
@@ -237,7 +242,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
 
     async def _await_run(self, running: Running, scope: Scope, receive: Receive, send: Send, user: Principal) -> None:
         """A repeat of `/query/single` while its run goes on: the same answer, once the run has ended."""
-        run_service = scope["app"].state["run_service"]
+        run_service = self.run_service
         run = await run_service.get(user.key_id, running.run_id)
         while not run.ended:
             run = await run_service.wait(user.key_id, running.run_id, 30)
@@ -252,7 +257,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
         headers = {**replay.headers, "Idempotent-Replayed": "true"}
         if replay.body is None and headers.get("content-type", "").startswith(STREAM_TYPE):
             run_id = UUID(headers["x-run-id"])
-            run_service = scope["app"].state["run_service"]
+            run_service = self.run_service
             run, stream = await run_service.run_events(user.key_id, run_id)
             response = sse(stream, run.session_id, run.id)
             response.headers["Idempotent-Replayed"] = "true"

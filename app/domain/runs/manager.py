@@ -12,6 +12,7 @@ import logging
 import time
 from uuid import UUID
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from app.agents.base import AgentBackend, AgentRequest, AgentRequestError, AnswerOutcome
@@ -127,6 +128,15 @@ class RunManager:
             )
         except AgentRequestError as exc:
             raise invalid_run_options(str(exc)) from exc
+
+    def check_session_settings(self, model: str | None, permission_mode: str | None) -> None:
+        """The backend's check of a session's own `model` and `permission_mode` (raises `AgentRequestError`):
+        creating or patching a session refuses what its runs would refuse."""
+        self.backend.validate(
+            agent_request(
+                RunOptions(prompt=""), session_id=None, run_id=None, model=model, permission_mode=permission_mode
+            )
+        )
 
     async def require_valkey(self, session_id: UUID) -> None:
         """503 unless the session's Valkey (on a cluster: the shard of its `{<sid>}` slot) answers."""
@@ -314,6 +324,15 @@ class RunManager:
                 instance_id,
                 control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode)),
             )
+
+    async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:
+        """Inside the transaction that deletes the session: its queue goes with it."""
+        await self.store.cancel_queued_of_session(db, session_id)
+
+    async def forget_events(self, session_id: UUID) -> None:
+        """After the session is deleted: its live event stream goes (it expires on its own if this fails)."""
+        with contextlib.suppress(*VALKEY_ERRORS):
+            await self.events.delete(events_key(session_id), interrupt_key(session_id))
 
     async def on_control_message(self, raw: bytes) -> None:
         message = control.decode(raw)

@@ -447,6 +447,21 @@ class RunStore:
             await db.commit()
         await self.cache.put(to_schema(session), session.owner_key_id)
 
+    async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:
+        """Inside the caller's transaction (deleting the session): its queued runs never start, each told to the
+        hook (`run.cancelled`)."""
+        now = datetime.now(UTC)
+        cancelled = (
+            await db.execute(
+                update(AgentRun)
+                .where(AgentRun.session_id == session_id, AgentRun.status == "queued")
+                .values(status="cancelled", ended_at=now, updated_at=now)
+                .returning(AgentRun)
+            )
+        ).scalars()
+        for run in list(cancelled):
+            await tell(self.hook, db, run, "run.cancelled")
+
     async def cancel_queued(self, owner_key_id: UUID, run_id: UUID) -> bool:
         """queued → cancelled (it never starts); False when it was no longer queued."""
         now = datetime.now(UTC)

@@ -11,7 +11,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
 from app.domain.keys.auth import Principal
-from app.domain.sessions.dependencies import provide_session_reader, provide_session_service
+from app.domain.sessions.dependencies import provide_session_service
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import (
     MAX_TAGS,
@@ -25,6 +25,7 @@ from app.domain.sessions.schemas import (
     Tag,
 )
 from app.domain.sessions.services import SessionService
+from app.lib.di import AppDependency
 from app.lib.logging import bind_session_from_path
 from app.lib.problems import ApiError, problem_responses
 
@@ -82,10 +83,7 @@ class SessionController(Controller):
     path = "/api/v1/sessions"
     tags = ["Sessions"]
     before_request = staticmethod(bind_session_from_path)
-    dependencies = {
-        "session_service": Provide(provide_session_service),
-        "session_reader": Provide(provide_session_reader, sync_to_thread=False),
-    }
+    dependencies = {"session_service": Provide(provide_session_service)}
 
     @post(
         "/", status_code=201, summary="Create a session", responses=problem_responses(422), opt={IDEMPOTENT_OPT: True}
@@ -123,7 +121,7 @@ class SessionController(Controller):
 
     @get("/{session_id:uuid}", summary="Get a session (cache-aside)", responses=problem_responses(404))
     async def get_session(
-        self, request: AuthedRequest, session_reader: NamedDependency[SessionReader], session_id: FromPath[UUID]
+        self, request: AuthedRequest, session_reader: AppDependency[SessionReader], session_id: FromPath[UUID]
     ) -> Response[Session]:
         return with_etag(await session_reader.get(session_id, request.user.key_id))
 

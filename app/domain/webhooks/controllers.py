@@ -9,6 +9,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from app.config.settings import Settings
 from app.domain.keys.auth import Principal
 from app.domain.webhooks.dependencies import provide_webhook_service
 from app.domain.webhooks.schemas import (
@@ -20,6 +21,7 @@ from app.domain.webhooks.schemas import (
     WebhookEndpointPage,
 )
 from app.domain.webhooks.services import WebhookEndpointService
+from app.lib.di import AppDependency
 from app.lib.problems import PROBLEM_JSON, Problem, problem_responses
 
 AuthedRequest = Request[Principal, Any, State]
@@ -59,11 +61,11 @@ class WebhookEndpointController(Controller):
     async def create_endpoint(
         self,
         request: AuthedRequest,
-        state: State,
+        settings: AppDependency[Settings],
         webhook_service: NamedDependency[WebhookEndpointService],
         data: JSONBody[WebhookEndpointCreate],
     ) -> WebhookEndpointCreated:
-        allow_private = state["settings"].webhooks.allow_private_networks
+        allow_private = settings.webhooks.allow_private_networks
         return await webhook_service.create_endpoint(request.user.key_id, data, allow_private=allow_private)
 
     @get("/", summary="List webhook endpoints, newest first", responses=responses())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
@@ -37,8 +40,15 @@ class ValkeyPlugin(InitPluginProtocol):
     def provide_valkey(self) -> ValkeyClient:
         return self.clients.main
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.clients.aclose()
+
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.dependencies["valkey"] = Provide(self.provide_valkey, sync_to_thread=False)
-        app_config.state["valkey_clients"] = self.clients
-        app_config.on_shutdown.append(self.clients.aclose)
+        # Left after the lifespans registered later (the app's own): they still use the clients on the way out.
+        app_config.lifespan.append(self.lifespan)
         return app_config
