@@ -8,7 +8,13 @@
 2. XREAD's keys are found with a `COMMAND GETKEYS` round trip per call (its keys are "movable"); here they are
    read from the arguments (after STREAMS), like valkey-py already does for EVAL/EVALSHA.
 
-Both lean on `ValkeyCluster` internals (`_initialize`, `_lock`, `nodes_manager`, `commands_parser`); the
+3. A command that fails with a connection error drops its node from the client's startup nodes (the nodes it
+   re-reads the topology from), and each re-read closes every connection, so the blocking reads in flight on
+   *healthy* nodes fail too and drop theirs: under load the list empties and the client could never reconnect
+   ("Valkey Cluster cannot be connected ... None"), for good. Here every re-read starts from the seed node(s) of
+   `VALKEY_URL` plus every node known so far, and "no node reachable" is a connection error (503, not 500).
+
+All lean on `ValkeyCluster` internals (`_initialize`, `_lock`, `nodes_manager`, `commands_parser`); the
 failover test (tests/integration/cluster/test_failover.py) fails if they stop working."""
 
 from __future__ import annotations
@@ -16,13 +22,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from valkey.asyncio.cluster import ValkeyCluster
+from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
+from valkey.cluster import get_node_name
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 from valkey.exceptions import ValkeyClusterException
 
 
 class ResilientValkeyCluster(ValkeyCluster):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seeds: list[tuple[str, int]] = [(n.host, int(n.port)) for n in self.nodes_manager.startup_nodes.values()]
+
+    def _reseed(self) -> None:
+        """Startup nodes = the seeds + every node known, whatever failed lately (unreachable ones are skipped)."""
+        manager = self.nodes_manager
+        known = {(n.host, int(n.port)) for n in manager.nodes_cache.values()}
+        for host, port in [*self._seeds, *sorted(known)]:
+            name = get_node_name(host, port)
+            if name not in manager.startup_nodes:
+                manager.startup_nodes[name] = ClusterNode(host, port, **manager.connection_kwargs)
+
     async def initialize(self) -> ResilientValkeyCluster:
         if self._closed:
             raise ValkeyClusterException("ValkeyCluster is closed")
@@ -34,7 +54,11 @@ class ResilientValkeyCluster(ValkeyCluster):
                     raise ValkeyClusterException("ValkeyCluster is closed")
                 if self._initialize:
                     try:
-                        await self.nodes_manager.initialize()
+                        self._reseed()
+                        try:
+                            await self.nodes_manager.initialize()
+                        except ValkeyClusterException as exc:  # no node reachable: an outage like any other
+                            raise ValkeyConnectionError(f"Valkey Cluster unreachable: {exc}") from exc
                         await self._pick_default_node()
                         self._initialize = False
                     except BaseException:
