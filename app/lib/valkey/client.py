@@ -11,8 +11,8 @@ from valkey.asyncio import Valkey
 from valkey.asyncio.cluster import ValkeyCluster
 from valkey.exceptions import NoScriptError
 
-from app.lib.valkey.cluster import ResilientValkeyCluster
-from app.lib.valkey.pipelined_get import PipelinedGetter
+from app.lib.valkey.cluster import ClusterPipelinedGetter, ResilientValkeyCluster
+from app.lib.valkey.pipelined_get import KeyGetter, PipelinedGetter
 from app.lib.valkey.timeouts import bounded, set_command_timeout
 
 ValkeyClient: TypeAlias = Valkey | ValkeyCluster
@@ -37,8 +37,8 @@ class ValkeyClients:
 
     main: ValkeyClient
     blocking: ValkeyClient
-    getter: PipelinedGetter | None
-    """The hot-path GET on one node (see `PipelinedGetter`); None on a cluster (the cluster client routes it)."""
+    getter: KeyGetter
+    """The hot-path GET (see `PipelinedGetter`; on a cluster one per primary, routed by slot)."""
     cluster: bool = False
 
     @classmethod
@@ -53,10 +53,11 @@ class ValkeyClients:
     ) -> ValkeyClients:
         set_command_timeout(socket_timeout)
         if cluster:
+            main_cluster = _cluster_client(url, connect_timeout, max_connections, keepalive=False)
             return cls(
-                main=_cluster_client(url, connect_timeout, max_connections, keepalive=False),
+                main=main_cluster,
                 blocking=_cluster_client(url, connect_timeout, max_connections, keepalive=True),
-                getter=None,
+                getter=ClusterPipelinedGetter(main_cluster, url, connect_timeout=connect_timeout),
                 cluster=True,
             )
         main = Valkey.from_url(
@@ -97,8 +98,7 @@ class ValkeyClients:
         return details
 
     async def aclose(self) -> None:
-        if self.getter is not None:
-            await self.getter.aclose()
+        await self.getter.aclose()
         await self.main.aclose()
         await self.blocking.aclose()
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote, urlparse
 
 from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
 from valkey.cluster import get_node_name
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import ResponseError, SlotNotCoveredError, ValkeyClusterException
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
-from valkey.exceptions import ValkeyClusterException
+
+from app.lib.valkey.pipelined_get import PipelinedGetter
 
 
 class ResilientValkeyCluster(ValkeyCluster):
@@ -106,3 +109,47 @@ def _token(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode(errors="replace").upper()
     return str(value).upper()
+
+
+class ClusterPipelinedGetter:
+    """`PipelinedGetter` per primary: the hot-path GET written straight to the connection of the node that serves
+    the key's slot (the cluster client's slot map says which), many requests' GETs in one write.
+
+    Anything unusual (a MOVED/ASK after a resharding or failover, a node gone, a slot not covered, the client
+    not yet connected) goes through the cluster client instead, which resolves it and refreshes the map."""
+
+    def __init__(self, cluster: ValkeyCluster, url: str, *, connect_timeout: float = 1.0) -> None:
+        self._cluster = cluster
+        parsed = urlparse(url)
+        self._credentials = (
+            f"{quote(parsed.username or '')}:{quote(parsed.password or '')}@" if parsed.password is not None else ""
+        )
+        self._scheme = parsed.scheme or "redis"
+        self._connect_timeout = connect_timeout
+        self._getters: dict[str, PipelinedGetter] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        cluster = self._cluster
+        if cluster._initialize:
+            value: bytes | None = await cluster.get(key)
+            return value
+        try:
+            node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+        except SlotNotCoveredError:
+            value = await cluster.get(key)
+            return value
+        getter = self._getters.get(node.name)
+        if getter is None:
+            url = f"{self._scheme}://{self._credentials}{node.host}:{node.port}/0"
+            getter = self._getters[node.name] = PipelinedGetter(url, connect_timeout=self._connect_timeout)
+        try:
+            return await getter.get(key)
+        except (ResponseError, ValkeyConnectionError):
+            # MOVED/ASK/CLUSTERDOWN/TRYAGAIN or a dead node: the cluster client follows or reports it.
+            value = await cluster.get(key)
+            return value
+
+    async def aclose(self) -> None:
+        getters, self._getters = self._getters, {}
+        for getter in getters.values():
+            await getter.aclose()

@@ -7,7 +7,7 @@ unbeatable version for a while, so a reader that loaded the row just before the 
 from __future__ import annotations
 
 from app.lib.valkey.client import ValkeyClient, register_script
-from app.lib.valkey.pipelined_get import PipelinedGetter
+from app.lib.valkey.pipelined_get import KeyGetter
 from app.lib.valkey.timeouts import bounded
 
 TOMBSTONE = b'{"version":9007199254740991,"deleted":true}'
@@ -28,7 +28,7 @@ return 1
 
 class VersionedCache:
     def __init__(
-        self, client: ValkeyClient, *, ttl: int, tombstone_ttl: int = 300, getter: PipelinedGetter | None = None
+        self, client: ValkeyClient, *, ttl: int, tombstone_ttl: int = 300, getter: KeyGetter | None = None
     ) -> None:
         self._client = client
         self._getter = getter
