@@ -1,10 +1,10 @@
 """Valkey Cluster rows beside the single-node ones, both measured in this script on this machine.
 
-    uv run python -m scripts.bench.cluster [--duration 8] [--connections 32] [--interrupts 100] [--loadgen auto]
+    uv run python -m scripts.bench.cluster [--duration 8] [--rounds 4] [--connections 32] [--interrupts 100]
 
 Starts embedded PostgreSQL, one embedded Valkey and a real 3-primary/3-replica Valkey Cluster (tests/cluster.py).
-For each of the two (single node, then `VALKEY_CLUSTER=true`), starts two real Granian processes A and B and
-measures:
+For each of the two (single node, and `VALKEY_CLUSTER=true`) it starts two real Granian processes A and B, then
+measures, alternating the two stacks over `--rounds` rounds so that a busy moment of a shared machine hits both:
 - the cache-hit read path: `GET /api/v1/sessions/{id}` on A (requests/s, p50/p99), load from wrk or the Python
   generator (scripts/bench/loadgen.py);
 - interrupt latency: `POST /interrupt` on B → `done` on A's stream, p50/p99;
@@ -42,45 +42,82 @@ def load(spec: LoadSpec, loadgen: str) -> LoadResult:
     return run_in_process(spec)
 
 
-async def measure(servers: TestServers, label: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
-    logs = Path(tempfile.mkdtemp(prefix=f"bench-cluster-{label}-"))
-    proc_a = GranianProcess.start(servers, f"bench-{label}-a", logs)
-    proc_b = GranianProcess.start(servers, f"bench-{label}-b", logs)
-    try:
+@dataclasses.dataclass
+class Stack:
+    """Two Granian processes (A and B) on one Valkey (a node or the cluster), with a client each."""
+
+    label: str
+    servers: TestServers
+    a: GranianProcess
+    b: GranianProcess
+    ca: httpx.AsyncClient
+    cb: httpx.AsyncClient
+    sid: str
+
+    @classmethod
+    async def start(cls, servers: TestServers, label: str, key: str) -> Stack:
+        logs = Path(tempfile.mkdtemp(prefix=f"bench-cluster-{label}-"))
+        a = GranianProcess.start(servers, f"bench-{label}-a", logs)
+        b = GranianProcess.start(servers, f"bench-{label}-b", logs)
         headers = {"X-API-Key": key}
-        async with (
-            httpx.AsyncClient(base_url=proc_a.base_url, headers=headers, timeout=60) as ca,
-            httpx.AsyncClient(base_url=proc_b.base_url, headers=headers, timeout=60) as cb,
-        ):
-            sid = (await ca.post("/api/v1/sessions", json={"title": "bench-read"})).json()["id"]
-            assert (await ca.get(f"/api/v1/sessions/{sid}")).status_code == 200
-            read = await asyncio.to_thread(
-                load,
-                LoadSpec(
-                    url=f"{proc_a.base_url}/api/v1/sessions/{sid}",
-                    headers=headers,
-                    connections=args.connections,
-                    duration=args.duration,
-                    warmup=2.0,
-                ),
-                args.loadgen,
-            )
-            await interrupt_latency(ca, cb, 5)  # warm-up
-            interrupts = await interrupt_latency(ca, cb, args.interrupts)
-        transport = transport_clients(servers.valkey_url, cluster=servers.valkey_cluster)
+        ca = httpx.AsyncClient(base_url=a.base_url, headers=headers, timeout=60)
+        cb = httpx.AsyncClient(base_url=b.base_url, headers=headers, timeout=60)
+        sid = (await ca.post("/api/v1/sessions", json={"title": "bench-read"})).json()["id"]
+        assert (await ca.get(f"/api/v1/sessions/{sid}")).status_code == 200
+        await interrupt_latency(ca, cb, 5)  # warm-up
+        return cls(label, servers, a, b, ca, cb, sid)
+
+    def read_load(self, key: str, args: argparse.Namespace, seconds: float) -> LoadResult:
+        spec = LoadSpec(
+            url=f"{self.a.base_url}/api/v1/sessions/{self.sid}",
+            headers={"X-API-Key": key},
+            connections=args.connections,
+            duration=seconds,
+            warmup=1.0,
+        )
+        return load(spec, args.loadgen)
+
+    async def stop(self) -> None:
+        await self.ca.aclose()
+        await self.cb.aclose()
+        self.a.kill()
+        self.b.kill()
+
+
+async def measure(stacks: list[Stack], key: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Alternates the stacks round by round (the machine is shared: a slow moment then hits both alike)."""
+    reads: dict[str, list[LoadResult]] = {s.label: [] for s in stacks}
+    interrupts: dict[str, list[float]] = {s.label: [] for s in stacks}
+    rounds = max(1, args.rounds)
+    for _ in range(rounds):
+        for stack in stacks:
+            reads[stack.label].append(await asyncio.to_thread(stack.read_load, key, args, args.duration / rounds))
+            interrupts[stack.label] += await interrupt_latency(stack.ca, stack.cb, max(1, args.interrupts // rounds))
+    out: dict[str, dict[str, Any]] = {}
+    for stack in stacks:
+        transport = transport_clients(stack.servers.valkey_url, cluster=stack.servers.valkey_cluster)
         try:
             await stream_roundtrip(transport, 10)  # warm-up
             rtt = await stream_roundtrip(transport, args.interrupts)
         finally:
             await close_clients(transport)
-    finally:
-        proc_a.kill()
-        proc_b.kill()
-    return {
-        "read": read.as_dict(),
-        "interrupt_latency": summary(interrupts),
-        "stream_roundtrip": summary(rtt),
-    }
+        parts = reads[stack.label]
+        total = sum(r.requests for r in parts)
+        out[stack.label] = {
+            "read": {
+                "rps": sum(r.rps for r in parts) / len(parts),
+                # Per-round percentiles, averaged (weighted by requests): the rounds are short and alike.
+                "p50_ms": sum(r.p50_ms * r.requests for r in parts) / max(1, total),
+                "p99_ms": sum(r.p99_ms * r.requests for r in parts) / max(1, total),
+                "errors": sum(r.errors for r in parts),
+                "requests": total,
+                "generator": parts[0].generator,
+                "rounds": [r.as_dict() for r in parts],
+            },
+            "interrupt_latency": summary(interrupts[stack.label]),
+            "stream_roundtrip": summary(rtt),
+        }
+    return out
 
 
 async def main() -> None:
@@ -88,6 +125,7 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of read load per backend")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--interrupts", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=4, help="alternations single/cluster (the machine is shared)")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--out", type=Path, default=Path("bench-results/cluster.json"))
     args = parser.parse_args()
@@ -100,13 +138,14 @@ async def main() -> None:
 
         await migrations.upgrade(build_alchemy_config(make_settings(servers, "bench")))
         key = await create_api_key(servers)
-        single = await measure(servers, "single", key, args)
-        clustered = await measure(
-            dataclasses.replace(servers, valkey_url=cluster.url, valkey_cluster=True, _valkey_dir=None),
-            "cluster",
-            key,
-            args,
-        )
+        clustered_servers = dataclasses.replace(servers, valkey_url=cluster.url, valkey_cluster=True, _valkey_dir=None)
+        stacks = [await Stack.start(servers, "single", key), await Stack.start(clustered_servers, "cluster", key)]
+        try:
+            results = await measure(stacks, key, args)
+        finally:
+            for stack in stacks:
+                await stack.stop()
+        single, clustered = results["single"], results["cluster"]
     finally:
         await asyncio.to_thread(cluster.close)
         servers.close()
