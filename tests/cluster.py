@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,9 +156,9 @@ class ValkeyTestCluster:
         return "unknown"
 
     @staticmethod
-    def _wait(condition: object, what: str, timeout: float = 30.0) -> None:
+    def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not condition():  # type: ignore[operator]
+        while not condition():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Valkey cluster: timed out waiting for {what}")
             time.sleep(0.05)
