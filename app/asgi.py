@@ -169,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             socket_timeout=settings.valkey.socket_timeout,
             connect_timeout=settings.valkey.connect_timeout,
             max_connections=settings.valkey.max_connections,
+            cluster=settings.valkey.cluster,
         )
     )
     components = AppComponents.build(settings, alchemy, valkey.clients)

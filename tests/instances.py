@@ -48,7 +48,10 @@ def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> S
             DatabaseSettings(),
             **{"url": servers.database_url, "migrate_on_startup": False, **sections.get("db", {})},
         ),
-        valkey=dataclasses.replace(ValkeySettings(), **{"url": servers.valkey_url, **sections.get("valkey", {})}),
+        valkey=dataclasses.replace(
+            ValkeySettings(),
+            **{"url": servers.valkey_url, "cluster": servers.valkey_cluster, **sections.get("valkey", {})},
+        ),
         # No startup cache warming unless a test asks for it: instances start all the time here.
         sessions=dataclasses.replace(SessionSettings(), **{"cache_warm_count": 0, **sections.get("sessions", {})}),
         runs=dataclasses.replace(RunSettings(), **sections.get("runs", {})),

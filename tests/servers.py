@@ -28,6 +28,8 @@ class TestServers:
     database_url: str = ""
     valkey_url: str = ""
     embedded: bool = False
+    valkey_cluster: bool = False
+    """`valkey_url` names one node of a Valkey Cluster (tests/cluster.py)."""
     _root: Path | None = None
     _pg: Any = None
     _valkey: Any = None

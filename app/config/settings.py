@@ -59,6 +59,8 @@ class ValkeySettings:
     socket_timeout: float = field(default_factory=lambda: _env_float("VALKEY_SOCKET_TIMEOUT", 2.0))
     connect_timeout: float = field(default_factory=lambda: _env_float("VALKEY_CONNECT_TIMEOUT", 1.0))
     max_connections: int = field(default_factory=lambda: _env_int("VALKEY_MAX_CONNECTIONS", 2000))
+    cluster: bool = field(default_factory=lambda: _env_bool("VALKEY_CLUSTER", False))
+    """`VALKEY_URL` names one node of a Valkey Cluster; the client discovers the rest (SPEC §11)."""
 
 
 @dataclass(frozen=True)

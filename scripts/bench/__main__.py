@@ -11,7 +11,7 @@ API key and starts two Granian instances (A and B, `--workers` each) on them, th
   latency      POST /sessions vs a raw INSERT + SET, p50
   contention   100 concurrent PATCHes of one session across A and B: lost updates (must be 0),
                p99 wait vs an uncontended PATCH p50
-  interrupt    POST /interrupt on B -> `done` on A's stream vs a raw Valkey PUBLISH -> receive, p50 and p99
+  interrupt    POST /interrupt on B -> `done` on A's stream vs a raw Valkey XADD -> waiting XREAD BLOCK, p50/p99
   SSE          `burst 10000` through the API vs the demo backend in-process, events/s
   rejoin       GET /events with Last-Event-ID on B -> first event vs a raw Valkey XRANGE, p50
   auth flood   on its own one-worker instance: legitimate cached reads alone / during a flood of distinct
@@ -48,7 +48,14 @@ from app.domain.sessions.valkey_keys import events_key, session_key
 from scripts.bench.auth_flood import auth_flood
 from scripts.bench.auth_flood import rows as auth_flood_rows
 from scripts.bench.loadgen import LoadSpec, _read_response
-from scripts.bench.runs import burst_in_process, burst_through_api, interrupt_latency, publish_roundtrip
+from scripts.bench.runs import (
+    burst_in_process,
+    burst_through_api,
+    close_clients,
+    interrupt_latency,
+    stream_roundtrip,
+    transport_clients,
+)
 from scripts.bench.sessions import measure
 from tests.helpers import iter_sse
 from tests.instances import create_api_key, make_settings
@@ -362,19 +369,21 @@ async def run(args: argparse.Namespace) -> int:
                 )
             )
 
-            # -- interrupt across instances vs PUBLISH -> receive -------------------------------------------------
+            # -- interrupt across instances vs XADD -> XREAD BLOCK ------------------------------------------------
             print("bench: interrupt latency B -> A", file=sys.stderr)
             await interrupt_latency(ca, cb, 3)
             interrupts = await interrupt_latency(ca, cb, n_interrupts)
-            rtt = await publish_roundtrip(servers.valkey_url, n_interrupts)
+            transport = transport_clients(servers.valkey_url, cluster=False)
+            rtt = await stream_roundtrip(transport, n_interrupts)
+            await close_clients(transport)
             figures["interrupt"] = ms(interrupts)
-            figures["publish_roundtrip"] = ms(rtt)
+            figures["stream_roundtrip"] = ms(rtt)
             dists["interrupt B -> done on A"] = interrupts
-            dists["raw PUBLISH -> receive"] = rtt
+            dists["raw XADD -> XREAD BLOCK"] = rtt
             rows += [
-                latency_row("interrupt B -> done on A p50", interrupts, "PUBLISH -> receive p50", rtt),
+                latency_row("interrupt B -> done on A p50", interrupts, "XADD -> XREAD BLOCK p50", rtt),
                 latency_row(
-                    "interrupt B -> done on A p99", interrupts, "PUBLISH -> receive p99", rtt, q=0.99, baseline_q=0.99
+                    "interrupt B -> done on A p99", interrupts, "XADD -> XREAD BLOCK p99", rtt, q=0.99, baseline_q=0.99
                 ),
             ]
 

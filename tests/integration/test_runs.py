@@ -137,7 +137,13 @@ async def test_busy_session_gets_409_from_the_other_instance(a: Instance, b: Ins
         finally:
             await resp.aclose()
         assert (await session_status(cb, sid))["status"] == "interrupted"
-        msgs = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
+
+        async def persisted_to_done() -> list[Any]:
+            # `done` reaches Postgres a moment after the stream (the persister batches); seen on a cluster.
+            items: list[Any] = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
+            return items if items and items[-1]["event"] == "done" else []
+
+        msgs = await wait_for(persisted_to_done, what="done in /messages", timeout=5)
         assert [m["event"] for m in msgs][-2:] == ["result", "done"]
         assert msgs[-2]["data"]["stop_reason"] == "interrupted" and msgs[-2]["data"]["is_error"] is False
 

@@ -27,16 +27,19 @@ class Ready(msgspec.Struct):
 
 
 async def _timed(check: Any) -> dict[str, Any]:
+    """Runs `check`; its result (a dict, e.g. a cluster's state) or its error's details join the report."""
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(check(), CHECK_TIMEOUT)
+        details = await asyncio.wait_for(check(), CHECK_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure means "down" here
+        extra = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         return {
             "status": "down",
             "error": type(exc).__name__,
+            **extra,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
-    return {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {"status": "up", **(details or {}), "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 class HealthController(Controller):
@@ -78,8 +81,9 @@ class HealthController(Controller):
             async with alchemy.get_engine().connect() as conn:
                 await conn.execute(text("SELECT 1"))
 
-        async def valkey() -> None:
-            await clients.main.ping()
+        async def valkey() -> dict[str, Any]:
+            # On a cluster: its `cluster_state` too (down unless `ok`: some slots are not served).
+            return await clients.check()
 
         pg, vk = await asyncio.gather(_timed(postgres), _timed(valkey))
         checks = {"postgres": pg, "valkey": vk}

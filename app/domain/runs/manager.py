@@ -13,6 +13,7 @@ import time
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
 
 from app.agents.base import AgentBackend, AgentRequest, AgentRequestError, AnswerOutcome
 from app.config.settings import Settings
@@ -138,9 +139,10 @@ class RunManager:
             )
         )
 
-    async def require_valkey(self) -> None:
+    async def require_valkey(self, session_id: UUID) -> None:
+        """503 unless the session's Valkey (on a cluster: the shard of its `{<sid>}` slot) answers."""
         try:
-            await self.events.ping()
+            await self.events.ping(events_key(session_id))
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
@@ -159,7 +161,14 @@ class RunManager:
         session's queue (or, with if_busy=interrupt, the active run is interrupted so it goes next)."""
         if self.draining:
             raise shutting_down()
-        await self.require_valkey()
+        if new_session is not None:
+            if new_session.id is None:
+                new_session.id = UUID(str(uuid7()))  # now, not at the flush: its slot says which shard must answer
+            target = new_session.id
+        else:
+            assert session_id is not None  # one of the two, always (as in `RunStore.submit`)
+            target = session_id
+        await self.require_valkey(target)
         try:
             submitted = await self.store.submit(
                 owner_key_id,
@@ -176,7 +185,10 @@ class RunManager:
             await self._launch(submitted.started)
         else:
             if submitted.interrupt is not None:
-                await self.interrupt(submitted.session.id, submitted.interrupt)
+                active = submitted.session.active_run
+                await self.interrupt(
+                    submitted.session.id, submitted.interrupt, active.instance_id if active else self.instance_id
+                )
             if submitted.session.active_run is None:
                 # Queued behind a run that has just ended: nobody else may be about to start it.
                 await self.start_next(submitted.session.id)
@@ -259,27 +271,34 @@ class RunManager:
 
     # -- reaching a run wherever it runs -------------------------------------------------------------
 
-    async def interrupt(self, session_id: UUID, run_id: UUID) -> None:
+    # The owner is the run's `instance_id` (Postgres has it from the run's start): the message goes to that
+    # instance's control stream only.
+
+    async def interrupt(self, session_id: UUID, run_id: UUID, instance_id: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
             run.request_interrupt()
             return
         try:
-            await self.channel.publish(
+            await self.channel.send(
+                instance_id,
                 control.encode(control.Interrupt(session_id=session_id, run_id=run_id)),
                 marker=(interrupt_key(session_id), str(run_id), self.settings.runs.interrupt_ttl),
             )
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
-    async def answer(self, session_id: UUID, run_id: UUID, answer: str, question_id: str | None) -> str:
+    async def answer(
+        self, session_id: UUID, run_id: UUID, instance_id: str, answer: str, question_id: str | None
+    ) -> str:
         """ "delivered", "no_pending_question" or "not_running" (the owner did not answer in time)."""
         run = self.runs.get(run_id)
         if run is not None:
             return await run.answer(answer, question_id)
         reply_key = self.channel.reply_key(session_id)
         try:
-            await self.channel.publish(
+            await self.channel.send(
+                instance_id,
                 control.encode(
                     control.DeliverAnswer(
                         session_id=session_id,
@@ -288,7 +307,7 @@ class RunManager:
                         question_id=question_id,
                         reply_key=reply_key,
                     )
-                )
+                ),
             )
             raw = await self.channel.wait_reply(reply_key, self.settings.runs.answer_timeout)
         except VALKEY_ERRORS as exc:
@@ -296,14 +315,15 @@ class RunManager:
         reply = control.decode_reply(raw) if raw is not None else None
         return reply.outcome if reply is not None else "not_running"
 
-    async def set_permission_mode(self, session_id: UUID, run_id: UUID, mode: str) -> None:
+    async def set_permission_mode(self, session_id: UUID, run_id: UUID, instance_id: str, mode: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
             await run.set_permission_mode(mode)
             return
         with contextlib.suppress(*VALKEY_ERRORS):
-            await self.channel.publish(
-                control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode))
+            await self.channel.send(
+                instance_id,
+                control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode)),
             )
 
     async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:

@@ -53,8 +53,8 @@ class SessionRuns(Protocol):
     def check_session_settings(self, model: str | None, permission_mode: str | None) -> None:
         """Raises `AgentRequestError` when runs would refuse these session settings."""
 
-    async def set_permission_mode(self, session_id: UUID, run_id: UUID, mode: str) -> None:
-        """Applies a new permission mode to the live run, wherever it runs (best effort)."""
+    async def set_permission_mode(self, session_id: UUID, run_id: UUID, instance_id: str, mode: str) -> None:
+        """Applies a new permission mode to the live run on `instance_id`, its owner (best effort)."""
 
     async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:
         """Inside the caller's transaction: the session's queued runs never start."""
@@ -268,8 +268,9 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
 
         session = await self.update_fenced(session_id, owner_key_id, mutate, expected_versions=expected_versions)
         if data.permission_mode is not UNSET and data.permission_mode and session.active_run is not None:
-            # The instance running the agent applies it live.
-            await self.runs.set_permission_mode(session_id, session.active_run.run_id, data.permission_mode)
+            # The instance running the agent applies it live (the message goes to that instance's control stream).
+            active = session.active_run
+            await self.runs.set_permission_mode(session_id, active.run_id, active.instance_id, data.permission_mode)
         return session
 
     async def delete_session(self, session_id: UUID, owner_key_id: UUID) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from app.lib.valkey.keys import global_key, scoped_key
-
-CONTROL_CHANNEL = global_key("control")
+from app.lib.valkey.keys import scoped_key
 
 
 def session_key(session_id: UUID | str) -> str:

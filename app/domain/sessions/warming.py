@@ -17,20 +17,20 @@ from typing import Literal
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import Select, func, select
-from valkey.asyncio import Valkey
 
 from app.db.models import AgentSession
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.services import to_schema
 from app.lib import metrics
 from app.lib.tasks import cancel_and_wait
+from app.lib.valkey.client import ValkeyClient
 from app.lib.valkey.errors import VALKEY_ERRORS
-from app.lib.valkey.keys import global_key
+from app.lib.valkey.keys import scoped_key
 from app.lib.valkey.timeouts import bounded
 
 logger = logging.getLogger(__name__)
 
-WARM_MARKER_KEY = global_key("cache-warm")
+WARM_MARKER_KEY = scoped_key("cache-warm", "marker")
 WARM_MARKER_TTL = 60
 BATCH = 50
 
@@ -46,7 +46,7 @@ class CacheWarmer:
         self,
         cache: SessionCache,
         alchemy: SQLAlchemyAsyncConfig,
-        client: Valkey,
+        client: ValkeyClient,
         *,
         count: int,
         timeout: float,

@@ -6,8 +6,8 @@ import asyncio
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+
+from app.lib.valkey.errors import VALKEY_OUTAGE_ERRORS
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -50,4 +50,4 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 def is_valkey_unavailable(exc: BaseException) -> bool:
     # Valkey's own errors only: a bare OSError may as well be the database's.
-    return any(isinstance(item, (ValkeyConnectionError, ValkeyTimeoutError)) for item in _chain(exc))
+    return any(isinstance(item, VALKEY_OUTAGE_ERRORS) for item in _chain(exc))

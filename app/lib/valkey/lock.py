@@ -8,8 +8,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from valkey.asyncio import Valkey
-
+from app.lib.valkey.client import ValkeyClient, register_script
 from app.lib.valkey.timeouts import bounded
 
 _RELEASE = """
@@ -25,7 +24,7 @@ class LockTimeoutError(Exception):
 class DistributedLock:
     def __init__(
         self,
-        client: Valkey,
+        client: ValkeyClient,
         *,
         ttl_ms: int = 5000,
         timeout: float = 5.0,
@@ -40,7 +39,7 @@ class DistributedLock:
         self._initial_delay = initial_delay
         self._max_delay = max_delay
         self._factor = factor
-        self._release = client.register_script(_RELEASE)
+        self._release = register_script(client, _RELEASE)
         self._observe = observe or (lambda outcome, waited: None)
 
     async def acquire(self, key: str) -> str:

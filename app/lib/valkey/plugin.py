@@ -19,6 +19,8 @@ class ValkeyPluginConfig:
     socket_timeout: float = 2.0
     connect_timeout: float = 1.0
     max_connections: int = 2000
+    cluster: bool = False
+    """`url` names one node of a Valkey Cluster (SPEC §11)."""
 
 
 class ValkeyPlugin(InitPluginProtocol):
@@ -31,6 +33,7 @@ class ValkeyPlugin(InitPluginProtocol):
             socket_timeout=config.socket_timeout,
             connect_timeout=config.connect_timeout,
             max_connections=config.max_connections,
+            cluster=config.cluster,
         )
 
     @contextlib.asynccontextmanager
