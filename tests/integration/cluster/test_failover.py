@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from app.domain.sessions.valkey_keys import session_key
 
+from app.domain.sessions.valkey_keys import session_key
 from tests.cluster import ValkeyTestCluster
 from tests.helpers import collect_sse
 from tests.instances import Instance, make_settings, start_instance
