@@ -14,6 +14,8 @@ upper bounds. After testing a new upstream version, widen its range here and the
   (reads its private scope-state helpers).
 - `litestar_options`: `OPTIONS` answers list every method of a path (rewrites the closure cell of
   Litestar 2's automatic OPTIONS handlers; litestar-org/litestar#4169, fixed in v3).
+- `valkey_cluster`: valkey-py's cluster client survives a primary's failover (overrides its topology refresh,
+  reads its slot map; only with `VALKEY_CLUSTER=true`).
 - `asgi_wrapping`: our outermost ASGI layers (request context, metrics, edge checks, CORS preflight problems,
   proxy headers) wrap `Litestar.asgi_handler`, outside Litestar's own exception handling.
 """
@@ -31,6 +33,7 @@ TESTED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "granian": ((2, 8), (2, 9)),
     "advanced-alchemy": ((1, 12), (1, 13)),
     "litestar": ((2, 25), (2, 26)),
+    "valkey": ((6, 2), (6, 3)),
 }
 ALLOW_UNTESTED_ENV = "AGENT_API_ALLOW_UNTESTED"
 

@@ -11,7 +11,7 @@ from valkey.asyncio import Valkey
 from valkey.asyncio.cluster import ValkeyCluster
 from valkey.exceptions import NoScriptError
 
-from app.lib.valkey.cluster import ClusterPipelinedGetter, ResilientValkeyCluster
+from app.lib.compat.valkey_cluster import ClusterPipelinedGetter, ResilientValkeyCluster
 from app.lib.valkey.pipelined_get import KeyGetter, PipelinedGetter
 from app.lib.valkey.timeouts import bounded, set_command_timeout
 

@@ -29,11 +29,13 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError, SlotNotCoveredError, ValkeyClusterException
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
+from app.lib.compat import require_tested
 from app.lib.valkey.pipelined_get import PipelinedGetter
 
 
 class ResilientValkeyCluster(ValkeyCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        require_tested("valkey", __name__)
         super().__init__(*args, **kwargs)
         self._seeds: list[tuple[str, int]] = [(n.host, int(n.port)) for n in self.nodes_manager.startup_nodes.values()]
 
