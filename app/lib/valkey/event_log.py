@@ -53,10 +53,6 @@ class EventLog:
             ids = await pipe.execute()
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
-    async def exists(self, key: str) -> bool:
-        async with bounded():
-            return bool(await self._client.exists(key))
-
     async def delete(self, *keys: str) -> None:
         async with bounded():
             await self._client.delete(*keys)
