@@ -14,11 +14,11 @@ kept."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.client import ValkeyClient, register_script
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.keys import scoped_key
@@ -94,11 +94,8 @@ class ControlChannel:
         self._task = asyncio.create_task(self._listen(handler), name="control-channel")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _start_id(self) -> str:
         """The newest id already in our stream: older messages were for an earlier life of this instance id."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import libvalkey
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError
+
+from app.lib.tasks import cancel_and_wait
 
 _MAX_BUFFERED = 1 << 20
 
@@ -149,7 +150,4 @@ class PipelinedGetter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+        await cancel_and_wait(self._reader_task)

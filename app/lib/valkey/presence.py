@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.client import ValkeyClient
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.keys import scoped_key
@@ -34,11 +35,8 @@ class InstancePresence:
 
     async def stop(self) -> None:
         """Stops announcing and removes the key: a clean exit is seen at once, not after the TTL."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(*VALKEY_ERRORS):
             async with bounded():
                 await self._client.delete(presence_key(self.instance_id))
