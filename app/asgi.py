@@ -398,7 +398,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     cors.install(app)
     edge.install(app)
-    metrics.install(app, app_name="agent_api")
+    if settings.app.metrics_enabled:
+        metrics.install(app, app_name="agent_api")
     app_logging.install(
         app,
         instance_id=settings.app.instance_id,

@@ -108,6 +108,8 @@ class AppSettings:
     """`json` (one object per line) or `console` (human-readable, for a terminal)."""
     log_access: bool = field(default_factory=lambda: _env_bool("LOG_ACCESS", True))
     """One `request` line per HTTP request (health and metrics probes only at DEBUG)."""
+    metrics_enabled: bool = field(default_factory=lambda: _env_bool("METRICS_ENABLED", True))
+    """Count HTTP requests for `/metrics` (the per-request Prometheus layer); the domain metrics stay."""
     otel_enabled: bool = field(default_factory=lambda: _env_bool("OTEL_ENABLED", False))
     """Tracing with OpenTelemetry (needs the `otel` extra); also on when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
     otel_endpoint: str = field(default_factory=lambda: _env("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
