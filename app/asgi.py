@@ -53,7 +53,7 @@ from app.domain.webhooks.controllers import WebhookEndpointController
 from app.domain.webhooks.delivery import WebhookDispatcher
 from app.domain.webhooks.outbox import enqueue_for_run
 from app.domain.webhooks.schemas import WebhookEndpointCreate
-from app.lib import cors, docs, edge, metrics, migrations, openapi, routing, tracing, worker_signals
+from app.lib import cors, docs, edge, gc_tuning, metrics, migrations, openapi, routing, tracing, worker_signals
 from app.lib import logging as app_logging
 from app.lib.client_address import ProxyHeadersMiddleware, TrustedProxies
 from app.lib.db import lazy_autocommit_handler
@@ -123,6 +123,7 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
             cache=cache,
             lock=DistributedLock(
                 clients.main,
+                blocking=clients.blocking,
                 ttl_ms=settings.sessions.lock_ttl_ms,
                 timeout=settings.sessions.lock_timeout,
                 observe=observe_lock,
@@ -190,6 +191,11 @@ class AgentApiPlugin(InitPluginProtocol, CLIPluginProtocol):
         worker_signals.drain_before_worker_stop(self.drain)
         app_config.on_startup.insert(0, self.prepare_database)
         app_config.on_startup.append(self.start_background_work)
+        # Last: what startup built is frozen out of the collector's scans.
+        gc_thresholds = gc_tuning.parse_thresholds(settings.app.gc_thresholds)
+        app_config.on_startup.append(
+            lambda: gc_tuning.tune_after_startup(freeze=settings.app.gc_freeze, thresholds=gc_thresholds)
+        )
         # Before the Valkey clients close: finishing runs still need them.
         app_config.on_shutdown.insert(0, self.stop_background_work)
         return app_config

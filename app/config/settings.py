@@ -110,6 +110,10 @@ class AppSettings:
     """One `request` line per HTTP request (health and metrics probes only at DEBUG)."""
     metrics_enabled: bool = field(default_factory=lambda: _env_bool("METRICS_ENABLED", True))
     """Count HTTP requests for `/metrics` (the per-request Prometheus layer); the domain metrics stay."""
+    gc_freeze: bool = field(default_factory=lambda: _env_bool("GC_FREEZE", True))
+    """After startup, move every object alive into the collector's permanent generation (app.lib.gc_tuning)."""
+    gc_thresholds: str = field(default_factory=lambda: _env("GC_THRESHOLDS", "50000,20,100"))
+    """`gc.set_threshold` after startup: 1-3 comma-separated integers; `-` keeps CPython's (700,10,10)."""
     otel_enabled: bool = field(default_factory=lambda: _env_bool("OTEL_ENABLED", False))
     """Tracing with OpenTelemetry (needs the `otel` extra); also on when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
     otel_endpoint: str = field(default_factory=lambda: _env("OTEL_EXPORTER_OTLP_ENDPOINT", ""))

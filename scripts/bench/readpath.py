@@ -84,12 +84,10 @@ async def read_path(
             print(f"bench: read path round {round_ + 1}/{rounds}: {case.name}", file=sys.stderr)
             if case.kind == "app":
                 env = {**APP_ENV, **(extra_env or {}), **dict(case.env)}
-                proc = GranianProcess.start(
-                    servers, f"read-{uuid.uuid4().hex[:6]}", logs, workers=case.workers, **env
-                )
+                proc = GranianProcess.start(servers, f"read-{uuid.uuid4().hex[:6]}", logs, workers=case.workers, **env)
                 base, stop = proc.base_url, proc.kill
-                with httpx.Client(base_url=base, headers={"X-API-Key": key}) as client:
-                    assert client.get(path).status_code == 200
+                async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}) as client:
+                    assert (await client.get(path)).status_code == 200
                 url = base + path
             else:
                 factory = "create_limit_app" if case.kind == "limit" else "create_bare_app"
@@ -144,9 +142,10 @@ async def main(argv: list[str] | None = None) -> int:
         logs = Path(tempfile.mkdtemp(prefix="bench-read-"))
         setup = GranianProcess.start(servers, "read-setup", logs, **APP_ENV)
         try:
-            with httpx.Client(base_url=setup.base_url, headers={"X-API-Key": key}) as client:
-                sid = client.post("/api/v1/sessions", json={"title": "bench", "tags": ["bench"]}).json()["id"]
-                assert client.get(f"/api/v1/sessions/{sid}").status_code == 200
+            async with httpx.AsyncClient(base_url=setup.base_url, headers={"X-API-Key": key}) as client:
+                created = await client.post("/api/v1/sessions", json={"title": "bench", "tags": ["bench"]})
+                sid = created.json()["id"]
+                assert (await client.get(f"/api/v1/sessions/{sid}")).status_code == 200
         finally:
             setup.kill()
         figures = await read_path(
