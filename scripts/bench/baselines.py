@@ -3,7 +3,11 @@
 - `bare`: a Litestar app with one route answering a fixed JSON body: no middleware, no plugins, no I/O;
 - `limit`: a Litestar app with one route that does one Valkey GET of a session's cached bytes and returns
   them: the physical limit of a cache-hit `GET /api/v1/sessions/{id}` in this stack (same framework, same
-  server, same Valkey round trip), without authentication, logging, metrics, validation or serialisation.
+  server, same Valkey round trip through the app's own fastest GET, `PipelinedGetter`), without
+  authentication, logging, metrics, validation or serialisation.
+
+Both get the app's garbage-collector tuning after startup (GC_FREEZE / GC_THRESHOLDS, app.lib.gc_tuning),
+so the comparison is of the request path only.
 
     granian --interface asgi --factory scripts.bench.baselines:create_bare_app ...
     BASELINE_VALKEY_URL=redis://... granian --interface asgi --factory scripts.bench.baselines:create_limit_app ...
@@ -24,12 +28,21 @@ from pathlib import Path
 
 import httpx
 from litestar import Litestar, Response, get
-from valkey.asyncio import Valkey
 
+from app.config.settings import AppSettings
+from app.lib import gc_tuning
+from app.lib.valkey.pipelined_get import PipelinedGetter
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 _BODY = b'{"status":"ok"}'
+
+
+def _tune_gc() -> None:
+    settings = AppSettings()
+    gc_tuning.tune_after_startup(
+        freeze=settings.gc_freeze, thresholds=gc_tuning.parse_thresholds(settings.gc_thresholds)
+    )
 
 
 def create_bare_app() -> Litestar:
@@ -37,21 +50,24 @@ def create_bare_app() -> Litestar:
     def bare() -> Response[bytes]:
         return Response(_BODY, media_type="application/json")
 
-    return Litestar(route_handlers=[bare], openapi_config=None, logging_config=None)
+    return Litestar(route_handlers=[bare], openapi_config=None, logging_config=None, on_startup=[_tune_gc])
 
 
 def create_limit_app() -> Litestar:
-    client = Valkey.from_url(os.environ["BASELINE_VALKEY_URL"])
+    getter = PipelinedGetter(os.environ["BASELINE_VALKEY_URL"])
 
     @get("/api/v1/sessions/{session_id:str}")
     async def read(session_id: str) -> Response[bytes]:
-        cached = await client.get(f"agentapi:{{{session_id}}}:session")
+        cached = await getter.get(f"agentapi:{{{session_id}}}:session")
         return Response(cached or b"null", media_type="application/json")
 
-    async def close() -> None:
-        await client.aclose()
-
-    return Litestar(route_handlers=[read], openapi_config=None, logging_config=None, on_shutdown=[close])
+    return Litestar(
+        route_handlers=[read],
+        openapi_config=None,
+        logging_config=None,
+        on_startup=[_tune_gc],
+        on_shutdown=[getter.aclose],
+    )
 
 
 @dataclass
