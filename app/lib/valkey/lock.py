@@ -80,7 +80,7 @@ class DistributedLock:
                 raise LockTimeoutError(key)
             wait = max(0.01, min(remaining, self.poll))
             async with bounded(extra=wait):
-                await self._blocking.blpop([wake], timeout=wait)
+                await self._blocking.blpop([wake], timeout=wait)  # type: ignore[misc,arg-type]  # seconds: a float
 
     async def release(self, key: str, token: str) -> bool:
         """Deletes the key only if it still holds our token (a lock that expired is not ours to free) and
