@@ -39,6 +39,8 @@ class DatabaseSettings:
     connect_timeout: float = field(default_factory=lambda: _env_float("DATABASE_CONNECT_TIMEOUT", 3.0))
     pool_timeout: float = field(default_factory=lambda: _env_float("DATABASE_POOL_TIMEOUT", 10.0))
     """Seconds a request waits for a pooled connection under a burst (then 503 DATABASE_UNAVAILABLE)."""
+    pool_ping_idle: float = field(default_factory=lambda: _env_float("DATABASE_POOL_PING_IDLE", 2.0))
+    """A pooled connection idle this many seconds is pinged before use (0: every checkout)."""
     command_timeout: float = field(default_factory=lambda: _env_float("DATABASE_COMMAND_TIMEOUT", 10.0))
     migrate_on_startup: bool = field(default_factory=lambda: _env_bool("DATABASE_MIGRATE_ON_STARTUP", True))
     echo: bool = field(default_factory=lambda: _env_bool("DATABASE_ECHO", False))

@@ -208,6 +208,10 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
 
     async def create_session(self, owner_key_id: UUID, data: SessionCreate) -> Session:
         check_agent_settings(self.infra, data.model, data.permission_mode)
+        db = self.repository.session
+        if not db.in_transaction():
+            # One INSERT is atomic on its own: without BEGIN and COMMIT it is one round trip instead of three.
+            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         row = await self.create(
             AgentSession(
                 owner_key_id=owner_key_id,
@@ -218,6 +222,8 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 meta=dict(data.metadata),
             ),
             auto_commit=True,
+            # Every column has a client-side default: nothing to read back (no refresh SELECT, no second checkout).
+            auto_refresh=False,
         )
         session = to_schema(row)
         await self.cache.put(session, owner_key_id)

@@ -1,0 +1,294 @@
+"""Many concurrent live runs across two instances, each followed by one SSE client on the other instance.
+
+    uv run python -m scripts.bench.scale [--runs 10 100 1000] [--seconds 20] [--workers 1]
+
+For each count N: N background runs (`POST /api/v1/runs`, prompt `sleep S`: a tick every 100 ms), started
+alternately on A and B; each is followed (`GET /sessions/{id}/events`) on the other instance by a light raw-
+socket SSE client (in its own process). Measured while all runs are live:
+
+- delivery latency: the follower's clock at receipt minus the event's stream id (Valkey's clock at XADD, the
+  same machine), for the events appended after its follower connected: p50 / p99;
+- CPU per 1,000 delivered events: user+system CPU of both instances' process trees over a steady window,
+  divided by the events delivered in it;
+- memory per live run: growth of both instances' RSS (all their processes) from before the runs to the
+  steady window, divided by N;
+- Valkey clients (INFO) and Postgres connections (pg_stat_activity) at the steady window;
+- errors: runs refused, followers that failed or did not end with `done`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+_EVENT = re.compile(rb"id: (\d+)-\d+\r?\nevent: (\w+)")
+_TICKS = 1 / 0.1  # demo `sleep`: ten ticks a second
+
+
+@dataclass(frozen=True)
+class FollowSpec:
+    base_url: str
+    session_id: str
+    key: str
+
+
+async def _follow(spec: FollowSpec, t_window: tuple[float, float], out: dict[str, Any]) -> None:
+    parts = urlsplit(spec.base_url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(
+        (
+            f"GET /api/v1/sessions/{spec.session_id}/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"X-API-Key: {spec.key}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if status != 200:
+        out["errors"].append(f"follow {spec.session_id}: HTTP {status}")
+        writer.close()
+        return
+    connected_ms = time.time() * 1000
+    buffer = b""
+    done = False
+    try:
+        while not done:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            now = time.time()
+            now_ms = now * 1000
+            buffer += chunk
+            last = 0
+            for match in _EVENT.finditer(buffer):
+                last = match.end()
+                appended_ms = int(match.group(1))
+                event = match.group(2)
+                if event == b"done":
+                    done = True
+                if appended_ms > connected_ms:
+                    out["latencies"].append(max(0.0, now_ms - appended_ms) / 1000)
+                    if t_window[0] <= now <= t_window[1]:
+                        out["in_window"] += 1
+            buffer = buffer[last:] if last else buffer[-4096:]
+    finally:
+        writer.close()
+    if not done:
+        out["errors"].append(f"follow {spec.session_id}: stream ended without done")
+
+
+async def _follow_all(specs: list[FollowSpec], window: tuple[float, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {"latencies": [], "errors": [], "in_window": 0}
+
+    async def guarded(spec: FollowSpec) -> None:
+        try:
+            await _follow(spec, window, out)
+        except Exception as exc:
+            out["errors"].append(f"follow {spec.session_id}: {exc!r}")
+
+    await asyncio.gather(*(guarded(s) for s in specs))
+    return out
+
+
+def _follow_sync(specs: list[FollowSpec], window: tuple[float, float]) -> dict[str, Any]:
+    try:
+        import uvloop
+
+        return uvloop.run(_follow_all(specs, window))
+    except ImportError:
+        return asyncio.run(_follow_all(specs, window))
+
+
+# -- process figures ---------------------------------------------------------------------------------------
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                todo += [int(c) for c in children]
+        except OSError:
+            continue
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except OSError:
+            pass
+    return total
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+async def live_runs(
+    *,
+    urls: tuple[str, str],
+    pids: tuple[int, int],
+    key: str,
+    n: int,
+    seconds: float,
+    valkey: Any,
+    pg: Any,
+) -> dict[str, Any]:
+    """N live runs spread over two instances, one follower each on the other instance."""
+    import httpx
+
+    errors: list[str] = []
+    rss_before = sum(rss_bytes(p) for p in pids)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    sessions: list[tuple[int, str]] = []
+    started = time.time()
+    async with (
+        httpx.AsyncClient(base_url=urls[0], headers={"X-API-Key": key}, timeout=60, limits=limits) as ca,
+        httpx.AsyncClient(base_url=urls[1], headers={"X-API-Key": key}, timeout=60, limits=limits) as cb,
+    ):
+        gate = asyncio.Semaphore(32)
+
+        async def start(i: int) -> None:
+            async with gate:
+                resp = await (ca if i % 2 == 0 else cb).post("/api/v1/runs", json={"prompt": f"sleep {seconds:g}"})
+            if resp.status_code != 202:
+                errors.append(f"start {i}: {resp.status_code} {resp.text[:200]}")
+                return
+            sessions.append((i, resp.json()["session_id"]))
+
+        await asyncio.gather(*(start(i) for i in range(n)))
+    start_time = time.time() - started
+    # Followers on the other instance than the one that started the run.
+    specs = [FollowSpec(urls[1] if i % 2 == 0 else urls[0], sid, key) for i, sid in sessions]
+    # The steady window: after the followers had time to connect, well before the runs end.
+    remaining = seconds - (time.time() - started)
+    window_start = time.time() + min(2.0, remaining * 0.2)
+    window = (window_start, window_start + max(1.0, remaining * 0.5))
+    loop = asyncio.get_running_loop()
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        following = loop.run_in_executor(pool, _follow_sync, specs, window)
+        await asyncio.sleep(max(0.0, window[0] - time.time()))
+        cpu0 = sum(cpu_seconds(p) for p in pids)
+        t0 = time.time()
+        await asyncio.sleep(max(0.0, (window[0] + window[1]) / 2 - time.time()))
+        rss_live = sum(rss_bytes(p) for p in pids)
+        valkey_clients = int((await valkey.info("clients"))["connected_clients"])
+        pg_connections = int(
+            await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        )
+        await asyncio.sleep(max(0.0, window[1] - time.time()))
+        cpu1 = sum(cpu_seconds(p) for p in pids)
+        t1 = time.time()
+        followed = await asyncio.wait_for(following, seconds + 120)
+    finally:
+        pool.shutdown()
+    errors += followed["errors"]
+    latencies: list[float] = followed["latencies"]
+    in_window = followed["in_window"]
+    expected_window = len(sessions) * _TICKS * (t1 - t0)
+    return {
+        "runs": n,
+        "started": len(sessions),
+        "start_seconds": round(start_time, 2),
+        "events_measured": len(latencies),
+        "latency_p50_ms": round(_pct(latencies, 0.5) * 1000, 2),
+        "latency_p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
+        "latency_max_ms": round(max(latencies, default=0.0) * 1000, 2),
+        "window_seconds": round(t1 - t0, 2),
+        "events_in_window": in_window,
+        "events_expected_in_window": round(expected_window),
+        "cpu_seconds_in_window": round(cpu1 - cpu0, 3),
+        "cpu_ms_per_1000_events": round((cpu1 - cpu0) * 1000 / (in_window / 1000), 1) if in_window else 0.0,
+        "rss_before_mib": round(rss_before / 2**20, 1),
+        "rss_live_mib": round(rss_live / 2**20, 1),
+        "kib_per_run": round((rss_live - rss_before) / 1024 / max(1, n), 1),
+        "valkey_clients": valkey_clients,
+        "postgres_connections": pg_connections,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+    }
+
+
+async def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import tempfile
+    import uuid
+
+    import asyncpg
+    from valkey.asyncio import Valkey
+
+    from tests.instances import create_api_key, make_settings
+    from tests.processes import GranianProcess
+    from tests.servers import TestServers
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    servers = TestServers.start()
+    procs: list[GranianProcess] = []
+    try:
+        from app.asgi import build_alchemy_config
+        from app.lib import migrations
+
+        await migrations.upgrade(build_alchemy_config(make_settings(servers, "bench")))
+        key = await create_api_key(servers, f"bench-{uuid.uuid4().hex[:8]}")
+        logs = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+        env = {"RATE_LIMIT_PER_MINUTE": "0", "LOG_ACCESS": "false"}
+        procs = [GranianProcess.start(servers, f"scale-{x}", logs, workers=args.workers, **env) for x in "ab"]
+        vk = Valkey.from_url(servers.valkey_url)
+        pg = await asyncpg.connect(servers.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            for n in args.runs:
+                result = await live_runs(
+                    urls=(procs[0].base_url, procs[1].base_url),
+                    pids=(procs[0].proc.pid, procs[1].proc.pid),
+                    key=key,
+                    n=n,
+                    seconds=args.seconds,
+                    valkey=vk,
+                    pg=pg,
+                )
+                print(result)
+        finally:
+            await vk.aclose()
+            await pg.close()
+    finally:
+        for p in procs:
+            p.kill()
+        servers.close()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(asyncio.run(main()))
