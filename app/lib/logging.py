@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -54,7 +54,8 @@ access_logger = logging.getLogger("app.access")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex was, without building a UUID object (a few percent of a cached read).
+    return os.urandom(16).hex()
 
 
 def sane_request_id(value: str | bytes | None) -> str | None:
