@@ -577,7 +577,7 @@ async def run(args: argparse.Namespace) -> int:
                 pids=(proc_a.proc.pid, proc_b.proc.pid),
                 key=key,
                 n=n,
-                seconds=max(scale_seconds, 4.0 + n / 100),
+                seconds=max(scale_seconds, 10.0 + n / 40),
                 valkey=vk,
                 pg=pg,
             )

@@ -3,8 +3,9 @@
     uv run python -m scripts.bench.scale [--runs 10 100 1000] [--seconds 20] [--workers 1]
 
 For each count N: N background runs (`POST /api/v1/runs`, prompt `sleep S`: a tick every 100 ms), started
-alternately on A and B; each is followed (`GET /sessions/{id}/events`) on the other instance by a light raw-
-socket SSE client (in its own process). Measured while all runs are live:
+alternately on A and B (16 starts in flight); each is followed (`GET /sessions/{id}/events`) on the other
+instance, as soon as it started, by a light raw-socket SSE client (all in one child process). Measured in the
+steady window (every follower connected, no run ended yet):
 
 - delivery latency: the follower's clock at receipt minus the event's stream id (Valkey's clock at XADD, the
   same machine), for the events appended after its follower connected: p50 / p99;
@@ -23,7 +24,6 @@ import multiprocessing
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class FollowSpec:
     key: str
 
 
-async def _follow(spec: FollowSpec, t_window: tuple[float, float], out: dict[str, Any]) -> None:
+async def _follow(spec: FollowSpec, out: dict[str, Any], connected: asyncio.Event) -> None:
     parts = urlsplit(spec.base_url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     writer.write(
@@ -49,7 +49,10 @@ async def _follow(spec: FollowSpec, t_window: tuple[float, float], out: dict[str
             f"X-API-Key: {spec.key}\r\nAccept: text/event-stream\r\n\r\n"
         ).encode()
     )
-    head = await reader.readuntil(b"\r\n\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        connected.set()
     status = int(head.split(b" ", 2)[1])
     if status != 200:
         out["errors"].append(f"follow {spec.session_id}: HTTP {status}")
@@ -70,13 +73,11 @@ async def _follow(spec: FollowSpec, t_window: tuple[float, float], out: dict[str
             for match in _EVENT.finditer(buffer):
                 last = match.end()
                 appended_ms = int(match.group(1))
-                event = match.group(2)
-                if event == b"done":
+                if match.group(2) == b"done":
                     done = True
                 if appended_ms > connected_ms:
+                    out["received"].append(now)
                     out["latencies"].append(max(0.0, now_ms - appended_ms) / 1000)
-                    if t_window[0] <= now <= t_window[1]:
-                        out["in_window"] += 1
             buffer = buffer[last:] if last else buffer[-4096:]
     finally:
         writer.close()
@@ -84,26 +85,58 @@ async def _follow(spec: FollowSpec, t_window: tuple[float, float], out: dict[str
         out["errors"].append(f"follow {spec.session_id}: stream ended without done")
 
 
-async def _follow_all(specs: list[FollowSpec], window: tuple[float, float]) -> dict[str, Any]:
-    out: dict[str, Any] = {"latencies": [], "errors": [], "in_window": 0}
+async def _start_and_follow(urls: tuple[str, str], key: str, n: int, seconds: float, queue: Any) -> dict[str, Any]:
+    """Starts the runs (alternately on A and B) and follows each on the other instance as soon as it started;
+    tells `queue` when every follower is connected; returns what the followers saw."""
+    import httpx
 
-    async def guarded(spec: FollowSpec) -> None:
-        try:
-            await _follow(spec, window, out)
-        except Exception as exc:
-            out["errors"].append(f"follow {spec.session_id}: {exc!r}")
+    out: dict[str, Any] = {"latencies": [], "received": [], "errors": []}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    followers: list[asyncio.Task[None]] = []
+    first_start: list[float] = []
+    gate = asyncio.Semaphore(16)
+    async with (
+        httpx.AsyncClient(base_url=urls[0], headers={"X-API-Key": key}, timeout=120, limits=limits) as ca,
+        httpx.AsyncClient(base_url=urls[1], headers={"X-API-Key": key}, timeout=120, limits=limits) as cb,
+    ):
 
-    await asyncio.gather(*(guarded(s) for s in specs))
+        async def start(i: int) -> None:
+            try:
+                async with gate:
+                    if not first_start:
+                        first_start.append(time.time())
+                    resp = await (ca if i % 2 == 0 else cb).post("/api/v1/runs", json={"prompt": f"sleep {seconds:g}"})
+                    if resp.status_code != 202:
+                        out["errors"].append(f"start {i}: {resp.status_code} {resp.text[:200]}")
+                        return
+                    connected = asyncio.Event()
+                    spec = FollowSpec(urls[1] if i % 2 == 0 else urls[0], resp.json()["session_id"], key)
+                    followers.append(asyncio.create_task(guarded(spec, connected)))
+                    await connected.wait()
+            except Exception as exc:
+                out["errors"].append(f"start {i}: {exc!r}")
+
+        async def guarded(spec: FollowSpec, connected: asyncio.Event) -> None:
+            try:
+                await _follow(spec, out, connected)
+            except Exception as exc:
+                connected.set()
+                out["errors"].append(f"follow {spec.session_id}: {exc!r}")
+
+        await asyncio.gather(*(start(i) for i in range(n)))
+        queue.put({"first_start": first_start[0] if first_start else time.time(), "connected": time.time()})
+        await asyncio.gather(*followers)
     return out
 
 
-def _follow_sync(specs: list[FollowSpec], window: tuple[float, float]) -> dict[str, Any]:
+def _child(urls: tuple[str, str], key: str, n: int, seconds: float, queue: Any) -> None:
     try:
         import uvloop
 
-        return uvloop.run(_follow_all(specs, window))
+        out = uvloop.run(_start_and_follow(urls, key, n, seconds, queue))
     except ImportError:
-        return asyncio.run(_follow_all(specs, window))
+        out = asyncio.run(_start_and_follow(urls, key, n, seconds, queue))
+    queue.put(out)
 
 
 # -- process figures ---------------------------------------------------------------------------------------
@@ -160,70 +193,55 @@ async def live_runs(
     valkey: Any,
     pg: Any,
 ) -> dict[str, Any]:
-    """N live runs spread over two instances, one follower each on the other instance."""
-    import httpx
-
-    errors: list[str] = []
+    """N live runs spread over two instances, one follower each on the other instance. The runs are started
+    and followed from a child process (raw sockets, its own event loop); the steady window begins once every
+    follower is connected and ends a second before the first run ends."""
     rss_before = sum(rss_bytes(p) for p in pids)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    sessions: list[tuple[int, str]] = []
-    started = time.time()
-    async with (
-        httpx.AsyncClient(base_url=urls[0], headers={"X-API-Key": key}, timeout=60, limits=limits) as ca,
-        httpx.AsyncClient(base_url=urls[1], headers={"X-API-Key": key}, timeout=60, limits=limits) as cb,
-    ):
-        gate = asyncio.Semaphore(32)
-
-        async def start(i: int) -> None:
-            async with gate:
-                resp = await (ca if i % 2 == 0 else cb).post("/api/v1/runs", json={"prompt": f"sleep {seconds:g}"})
-            if resp.status_code != 202:
-                errors.append(f"start {i}: {resp.status_code} {resp.text[:200]}")
-                return
-            sessions.append((i, resp.json()["session_id"]))
-
-        await asyncio.gather(*(start(i) for i in range(n)))
-    start_time = time.time() - started
-    # Followers on the other instance than the one that started the run.
-    specs = [FollowSpec(urls[1] if i % 2 == 0 else urls[0], sid, key) for i, sid in sessions]
-    # The steady window: after the followers had time to connect, well before the runs end.
-    remaining = seconds - (time.time() - started)
-    window_start = time.time() + min(2.0, remaining * 0.2)
-    window = (window_start, window_start + max(1.0, remaining * 0.5))
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(urls, key, n, seconds, queue), daemon=True)
+    child.start()
     loop = asyncio.get_running_loop()
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        following = loop.run_in_executor(pool, _follow_sync, specs, window)
-        await asyncio.sleep(max(0.0, window[0] - time.time()))
-        cpu0 = sum(cpu_seconds(p) for p in pids)
-        t0 = time.time()
-        await asyncio.sleep(max(0.0, (window[0] + window[1]) / 2 - time.time()))
-        rss_live = sum(rss_bytes(p) for p in pids)
-        valkey_clients = int((await valkey.info("clients"))["connected_clients"])
-        pg_connections = int(
-            await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
-        )
-        await asyncio.sleep(max(0.0, window[1] - time.time()))
-        cpu1 = sum(cpu_seconds(p) for p in pids)
-        t1 = time.time()
-        followed = await asyncio.wait_for(following, seconds + 120)
+        ready = await loop.run_in_executor(None, queue.get, True, seconds + 300)
+        window_start = max(time.time(), ready["connected"]) + 0.5
+        window_end = ready["first_start"] + seconds - 1.0
+        start_seconds = ready["connected"] - ready["first_start"]
+        cpu0 = cpu1 = 0.0
+        t0 = t1 = time.time()
+        rss_live, valkey_clients, pg_connections = rss_before, 0, 0
+        if window_end - window_start >= 1.0:
+            await asyncio.sleep(max(0.0, window_start - time.time()))
+            cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.time()
+            await asyncio.sleep(max(0.0, (window_end - t0) / 2))
+            rss_live = sum(rss_bytes(p) for p in pids)
+            valkey_clients = int((await valkey.info("clients"))["connected_clients"])
+            pg_connections = int(
+                await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            )
+            await asyncio.sleep(max(0.0, window_end - time.time()))
+            cpu1, t1 = sum(cpu_seconds(p) for p in pids), time.time()
+        followed = await loop.run_in_executor(None, queue.get, True, seconds + 300)
     finally:
-        pool.shutdown()
-    errors += followed["errors"]
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    errors: list[str] = followed["errors"]
+    if t1 - t0 < 1.0:
+        errors.append(f"no steady window: starting {n} runs took {start_seconds:.1f} s of their {seconds:g} s")
     latencies: list[float] = followed["latencies"]
-    in_window = followed["in_window"]
-    expected_window = len(sessions) * _TICKS * (t1 - t0)
+    in_window = sum(1 for t in followed["received"] if t0 <= t <= t1)
     return {
         "runs": n,
-        "started": len(sessions),
-        "start_seconds": round(start_time, 2),
+        "run_seconds": seconds,
+        "start_seconds": round(start_seconds, 2),
         "events_measured": len(latencies),
         "latency_p50_ms": round(_pct(latencies, 0.5) * 1000, 2),
         "latency_p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
         "latency_max_ms": round(max(latencies, default=0.0) * 1000, 2),
         "window_seconds": round(t1 - t0, 2),
         "events_in_window": in_window,
-        "events_expected_in_window": round(expected_window),
+        "events_expected_in_window": round(n * _TICKS * (t1 - t0)),
         "cpu_seconds_in_window": round(cpu1 - cpu0, 3),
         "cpu_ms_per_1000_events": round((cpu1 - cpu0) * 1000 / (in_window / 1000), 1) if in_window else 0.0,
         "rss_before_mib": round(rss_before / 2**20, 1),
