@@ -3,7 +3,7 @@
     uv run python -m scripts.bench.scale [--runs 10 100 1000] [--seconds 20] [--workers 1]
 
 For each count N: N background runs (`POST /api/v1/runs`, prompt `sleep S`: a tick every 100 ms), started
-alternately on A and B (16 starts in flight); each is followed (`GET /sessions/{id}/events`) on the other
+alternately on A and B (32 starts in flight); each is followed (`GET /sessions/{id}/events`) on the other
 instance, as soon as it started, by a light raw-socket SSE client (all in one child process). Measured in the
 steady window (every follower connected, no run ended yet):
 
@@ -94,7 +94,8 @@ async def _start_and_follow(urls: tuple[str, str], key: str, n: int, seconds: fl
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     followers: list[asyncio.Task[None]] = []
     first_start: list[float] = []
-    gate = asyncio.Semaphore(16)
+    connections: list[asyncio.Event] = []
+    gate = asyncio.Semaphore(32)
     async with (
         httpx.AsyncClient(base_url=urls[0], headers={"X-API-Key": key}, timeout=120, limits=limits) as ca,
         httpx.AsyncClient(base_url=urls[1], headers={"X-API-Key": key}, timeout=120, limits=limits) as cb,
@@ -109,10 +110,10 @@ async def _start_and_follow(urls: tuple[str, str], key: str, n: int, seconds: fl
                     if resp.status_code != 202:
                         out["errors"].append(f"start {i}: {resp.status_code} {resp.text[:200]}")
                         return
-                    connected = asyncio.Event()
-                    spec = FollowSpec(urls[1] if i % 2 == 0 else urls[0], resp.json()["session_id"], key)
-                    followers.append(asyncio.create_task(guarded(spec, connected)))
-                    await connected.wait()
+                connected = asyncio.Event()
+                spec = FollowSpec(urls[1] if i % 2 == 0 else urls[0], resp.json()["session_id"], key)
+                followers.append(asyncio.create_task(guarded(spec, connected)))
+                connections.append(connected)
             except Exception as exc:
                 out["errors"].append(f"start {i}: {exc!r}")
 
@@ -124,6 +125,7 @@ async def _start_and_follow(urls: tuple[str, str], key: str, n: int, seconds: fl
                 out["errors"].append(f"follow {spec.session_id}: {exc!r}")
 
         await asyncio.gather(*(start(i) for i in range(n)))
+        await asyncio.gather(*(c.wait() for c in connections))
         queue.put({"first_start": first_start[0] if first_start else time.time(), "connected": time.time()})
         await asyncio.gather(*followers)
     return out

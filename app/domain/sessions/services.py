@@ -280,6 +280,12 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                             412, "VERSION_CONFLICT", "The session changed concurrently.", title="Version conflict"
                         ) from None
                     continue
+                # The next writer may go as soon as this version is committed: the cache write is set-if-newer,
+                # so it cannot overwrite that writer's newer version, and it need not hold the lock.
+                with contextlib.suppress(*VALKEY_ERRORS):
+                    if token is not None:
+                        await self.lock.release(key, token)
+                token = None
                 session = to_schema(row)
                 await self.cache.put(session, owner_key_id)
                 return session
