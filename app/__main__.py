@@ -55,7 +55,7 @@ def run_cli() -> None:
     if command == "run" and needs_servers(sys.argv[1:]):
         os.environ.setdefault("GRANIAN_WORKERS_KILL_TIMEOUT", str(worker_kill_timeout()))
     if needs_servers(sys.argv[1:]):
-        from app.cli.embedded import prepare_environment
+        from app.cli.dev_servers import prepare_environment
 
         prepare_environment(command or "")
 

@@ -16,6 +16,7 @@ import uvicorn
 from litestar import Litestar
 
 from app.asgi import build_alchemy_config, create_app
+from app.components import AppComponents
 from app.config.settings import (
     AppSettings,
     ClaudeSettings,
@@ -47,7 +48,10 @@ def make_settings(servers: TestServers, instance_id: str, **overrides: Any) -> S
             DatabaseSettings(),
             **{"url": servers.database_url, "migrate_on_startup": False, **sections.get("db", {})},
         ),
-        valkey=dataclasses.replace(ValkeySettings(), **{"url": servers.valkey_url, **sections.get("valkey", {})}),
+        valkey=dataclasses.replace(
+            ValkeySettings(),
+            **{"url": servers.valkey_url, "cluster": servers.valkey_cluster, **sections.get("valkey", {})},
+        ),
         # No startup cache warming unless a test asks for it: instances start all the time here.
         sessions=dataclasses.replace(SessionSettings(), **{"cache_warm_count": 0, **sections.get("sessions", {})}),
         runs=dataclasses.replace(RunSettings(), **sections.get("runs", {})),
@@ -65,6 +69,12 @@ class Instance:
     base_url: str
     server: uvicorn.Server
     task: asyncio.Task[None]
+
+    @property
+    def components(self) -> AppComponents:
+        """The instance's app-level objects (run manager, reaper, ...), for tests that look inside."""
+        components: AppComponents = self.app.state["components"]
+        return components
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
         headers = {"X-API-Key": key} if key else {}

@@ -36,6 +36,7 @@ class GranianProcess:
             **os.environ,
             "DATABASE_URL": servers.database_url,
             "VALKEY_URL": servers.valkey_url,
+            "VALKEY_CLUSTER": "true" if servers.valkey_cluster else "false",
             "DATABASE_MIGRATE_ON_STARTUP": "false",
             "INSTANCE_ID": instance_id,
             "API_KEY": "",

@@ -28,6 +28,8 @@ class TestServers:
     database_url: str = ""
     valkey_url: str = ""
     embedded: bool = False
+    valkey_cluster: bool = False
+    """`valkey_url` names one node of a Valkey Cluster (tests/cluster.py)."""
     _root: Path | None = None
     _pg: Any = None
     _valkey: Any = None
@@ -44,7 +46,7 @@ class TestServers:
             servers.embedded = True
             servers._root = Path(tempfile.mkdtemp(prefix="agentapi-test-"))
         if not db_url:
-            from app.lib.embedded import embedded_postgres_url
+            from app.lib.embedded_servers import embedded_postgres_url
 
             servers.database_url, servers._pg = embedded_postgres_url(servers._root / "pg")  # type: ignore[operator]
         if not vk_url:

@@ -13,7 +13,8 @@ class AgentRequestError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class AgentEvent:
-    """One event of a run: `event` is an SSE event name of SPEC §3, `data` its JSON payload."""
+    """One event of a run: `event` is one of the API's SSE event names (`init`,
+    `message`, `tool_use`, ...), `data` its JSON payload."""
 
     event: str
     data: dict[str, Any]

@@ -1,4 +1,4 @@
-"""The demo backend: deterministic, no network. The prompt is a tiny script (SPEC §4):
+"""The demo backend: deterministic, no network. The prompt is a tiny script:
 
 `sleep <s>` ticks every 100 ms for s seconds; `ask <question>` waits for /answer; `tool <name>` uses a
 tool; `fail <msg>` fails; `burst <n>` emits n messages at full speed; anything else echoes word by word.

@@ -61,6 +61,8 @@ class ValkeySettings:
     socket_timeout: float = field(default_factory=lambda: _env_float("VALKEY_SOCKET_TIMEOUT", 2.0))
     connect_timeout: float = field(default_factory=lambda: _env_float("VALKEY_CONNECT_TIMEOUT", 1.0))
     max_connections: int = field(default_factory=lambda: _env_int("VALKEY_MAX_CONNECTIONS", 2000))
+    cluster: bool = field(default_factory=lambda: _env_bool("VALKEY_CLUSTER", False))
+    """`VALKEY_URL` names one node of a Valkey Cluster; the client discovers the rest (SPEC §11)."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ class ClaudeSettings:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """Webhook deliveries (SPEC §9); times in seconds."""
+    """Webhook deliveries; times in seconds."""
 
     timeout: float = field(default_factory=lambda: _env_float("WEBHOOK_TIMEOUT", 10.0))
     retry_initial_delay: float = field(default_factory=lambda: _env_float("WEBHOOK_RETRY_INITIAL_DELAY", 5.0))

@@ -18,6 +18,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Method, Receive, Scope, Send
 from litestar.types.asgi_types import HTTPResponseBodyEvent, HTTPResponseStartEvent
 
+from app.lib.compat.asgi_wrapping import wrap_asgi_handler
 from app.lib.problems import PROBLEM_JSON, Problem
 
 ALLOW_METHODS: list[Method] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -108,13 +109,12 @@ class PreflightProblems:
                 await send(HTTPResponseBodyEvent(type="http.response.body", body=bytes(body), more_body=False))
                 return
             problem = msgspec.json.encode(
-                Problem(
-                    type="https://agent-api.dev/problems/cors-not-allowed",
-                    title="CORS request not allowed",
-                    status=400,
-                    code="CORS_NOT_ALLOWED",
-                    detail=f"{detail} (see CORS_ALLOW_ORIGINS).",
-                    instance=scope.get("path"),
+                Problem.of(
+                    400,
+                    "CORS_NOT_ALLOWED",
+                    "CORS request not allowed",
+                    f"{detail} (see CORS_ALLOW_ORIGINS).",
+                    scope.get("path"),
                 )
             )
             replaced = (b"content-type", b"content-length")
@@ -129,4 +129,4 @@ class PreflightProblems:
 def install(app: Any) -> None:
     """When the app has a CORS config, refused preflights answer problem+json."""
     if app.cors_config is not None:
-        app.asgi_handler = PreflightProblems(app.asgi_handler)
+        wrap_asgi_handler(app, PreflightProblems)

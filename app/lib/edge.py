@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
+from app.lib.compat.asgi_wrapping import wrap_asgi_handler
 from app.lib.problems import PROBLEM_JSON, Problem
 
 MAX_REQUEST_TARGET = 8192
@@ -26,14 +28,32 @@ _DISCONNECT: ReceiveMessage = {"type": "http.disconnect"}
 
 def _problem_414(length: int) -> bytes:
     return msgspec.json.encode(
-        Problem(
-            type="https://agent-api.dev/problems/uri-too-long",
-            title="URI too long",
-            status=414,
-            code="URI_TOO_LONG",
-            detail=f"The request target (path and query) is {length} bytes; the limit is {MAX_REQUEST_TARGET}.",
+        Problem.of(
+            414,
+            "URI_TOO_LONG",
+            "URI too long",
+            f"The request target (path and query) is {length} bytes; the limit is {MAX_REQUEST_TARGET}.",
         )
     )
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# How much of a refused body is read and dropped, at most (beyond it the connection is closed mid-upload).
+MAX_DISCARDED_BYTES = 64 * 1024 * 1024
+DISCARD_TIMEOUT = 10.0
+
+
+async def _discard_body(receive: Receive) -> None:
+    discarded = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DISCARD_TIMEOUT):
+            while discarded <= MAX_DISCARDED_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                discarded += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 class HttpEdgeMiddleware:
@@ -57,10 +77,39 @@ class HttpEdgeMiddleware:
             )
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
-        if scope["method"] != "HEAD":
+        method = scope["method"]
+        if method in _BODY_METHODS:
+            await self._drain_refused_body(scope, receive, send)
+            return
+        if method != "HEAD":
             await self.app(scope, receive, send)
             return
         await self._head(scope, receive, send)
+
+    async def _drain_refused_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A body refused before it was read (413) is read to its end and dropped before the response ends.
+
+        Otherwise the server closes the connection with the client's bytes still unread, the kernel answers them
+        with a reset, and a client still uploading loses the 413 to a connection error (and keep-alive ends)."""
+        body_done = False
+        status = 0
+
+        async def tracking_receive() -> ReceiveMessage:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, tracking_receive, tracking_send)
+        if status == 413 and not body_done:
+            await _discard_body(receive)
 
     async def _head(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A copy: the server keeps its own scope saying HEAD (it then sends no body bytes itself).
@@ -100,4 +149,4 @@ class HttpEdgeMiddleware:
 
 def install(app: object) -> None:
     """Puts `HttpEdgeMiddleware` around a Litestar app's ASGI handler."""
-    app.asgi_handler = HttpEdgeMiddleware(app.asgi_handler)  # type: ignore[attr-defined]
+    wrap_asgi_handler(app, HttpEdgeMiddleware)

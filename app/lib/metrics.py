@@ -10,6 +10,8 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram
 
+from app.lib.compat.asgi_wrapping import wrap_asgi_handler
+
 PREFIX = "agentapi"
 
 cache_requests = Counter(
@@ -132,4 +134,4 @@ class RequestMetricsMiddleware:
 
 def install(app: Any, *, app_name: str) -> None:
     """Puts `RequestMetricsMiddleware` around a Litestar app's ASGI handler."""
-    app.asgi_handler = RequestMetricsMiddleware(app.asgi_handler, app_name=app_name)
+    wrap_asgi_handler(app, lambda inner: RequestMetricsMiddleware(inner, app_name=app_name))

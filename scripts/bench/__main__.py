@@ -15,7 +15,7 @@ on PATH, else the Python generator in its own process):
   latency      cache-hit / cache-miss GET and POST vs raw Valkey GET / asyncpg SELECT / INSERT + SET, p50
   contention   100 concurrent PATCHes of one session across A and B: total time vs 100 x uncontended PATCH
                p50, lost updates, lock timeouts, non-200 answers
-  interrupt    POST /interrupt on B -> `done` on A's stream vs a raw Valkey PUBLISH -> receive, p50 and p99
+  interrupt    POST /interrupt on B -> `done` on A's stream vs a raw Valkey XADD -> waiting XREAD BLOCK, p50/p99
   SSE          `burst 10000` through the API vs the demo backend in-process, events/s; a lone event's
                append -> client latency
   rejoin       GET /events with Last-Event-ID on B -> first event vs a raw Valkey XRANGE, p50
@@ -51,12 +51,20 @@ import asyncpg
 import httpx
 from valkey.asyncio import Valkey
 
+from app.domain.sessions.valkey_keys import events_key, session_key
 from scripts.bench.auth_flood import auth_flood
 from scripts.bench.auth_flood import rows as auth_flood_rows
 from scripts.bench.creates import app_creates, raw_creates
 from scripts.bench.loadgen import _read_response
 from scripts.bench.readpath import read_path
-from scripts.bench.runs import burst_in_process, burst_through_api, interrupt_latency, publish_roundtrip
+from scripts.bench.runs import (
+    burst_in_process,
+    burst_through_api,
+    close_clients,
+    interrupt_latency,
+    stream_roundtrip,
+    transport_clients,
+)
 from scripts.bench.scale import live_runs
 from tests.helpers import iter_sse
 from tests.instances import create_api_key, make_settings
@@ -420,7 +428,7 @@ async def run(args: argparse.Namespace) -> int:
             httpx.AsyncClient(base_url=proc_b.base_url, headers=headers, timeout=60) as cb,
         ):
             assert (await ca.get(f"/api/v1/sessions/{sid}")).status_code == 200
-            cache_key = f"agentapi:{{{sid}}}:session"
+            cache_key = session_key(sid)
 
             # -- creates at concurrency 16 vs raw INSERT + SET at 16 ------------------------------------------------
             print("bench: creates at concurrency 16", file=sys.stderr)
@@ -464,7 +472,7 @@ async def run(args: argparse.Namespace) -> int:
                     ["bench"],
                     now,
                 )
-                await vk.set(f"agentapi:{{{new_id}}}:session", payload, ex=7200)
+                await vk.set(session_key(new_id), payload, ex=7200)
 
             raw_create = await sample(n_seq, raw_insert_set)
             lat_patch = await sample(
@@ -518,19 +526,21 @@ async def run(args: argparse.Namespace) -> int:
             if lost or not_ok:
                 correctness.append(f"contended PATCHes: {lost} lost, statuses {statuses}")
 
-            # -- interrupt across instances vs PUBLISH -> receive -------------------------------------------------
+            # -- interrupt across instances vs XADD -> XREAD BLOCK ------------------------------------------------
             print("bench: interrupt latency B -> A", file=sys.stderr)
             await interrupt_latency(ca, cb, 3)
             interrupts = await interrupt_latency(ca, cb, n_interrupts)
-            rtt = await publish_roundtrip(servers.valkey_url, n_interrupts)
+            transport = transport_clients(servers.valkey_url, cluster=False)
+            rtt = await stream_roundtrip(transport, n_interrupts)
+            await close_clients(transport)
             figures["interrupt"] = ms(interrupts)
-            figures["publish_roundtrip"] = ms(rtt)
+            figures["stream_roundtrip"] = ms(rtt)
             dists["interrupt B -> done on A"] = interrupts
-            dists["raw PUBLISH -> receive"] = rtt
+            dists["raw XADD -> XREAD BLOCK"] = rtt
             rows += [
-                latency_row("interrupt B -> done on A p50", interrupts, "PUBLISH -> receive p50", rtt),
+                latency_row("interrupt B -> done on A p50", interrupts, "XADD -> XREAD BLOCK p50", rtt),
                 latency_row(
-                    "interrupt B -> done on A p99", interrupts, "PUBLISH -> receive p99", rtt, q=0.99, baseline_q=0.99
+                    "interrupt B -> done on A p99", interrupts, "XADD -> XREAD BLOCK p99", rtt, q=0.99, baseline_q=0.99
                 ),
             ]
 
@@ -560,7 +570,7 @@ async def run(args: argparse.Namespace) -> int:
             probe_sid = (await ca.post("/api/v1/sessions", json={})).json()["id"]
             async with ca.stream("POST", f"/api/v1/sessions/{probe_sid}/resume", json={"prompt": "hi there"}) as r:
                 await r.aread()
-            stream = f"agentapi:{{{probe_sid}}}:events"
+            stream = events_key(probe_sid)
             raw_xrange = await sample(n_interrupts, lambda: vk.xrange(stream, "(0-1", "+", count=1))
             figures["rejoin"] = ms(rejoins)
             figures["raw_xrange"] = ms(raw_xrange)

@@ -4,7 +4,8 @@
 
 Starts embedded Postgres and Valkey and two real Granian processes (A and B) sharing them, then measures:
 - interrupt latency: `POST /interrupt` on B → `done` on A's stream, p50/p99 over N runs, against a raw
-  Valkey PUBLISH → subscriber receive round trip (the transport floor);
+  Valkey XADD → waiting XREAD BLOCK round trip (the transport floor: control messages go to the owning
+  instance's stream);
 - SSE throughput of `burst N` through the API (events/s) against the demo backend's raw rate in-process;
 - time to first event (`POST /query` → `init`), p50/p99.
 Writes bench-results/runs.json.
@@ -66,23 +67,34 @@ async def interrupt_latency(ca: httpx.AsyncClient, cb: httpx.AsyncClient, runs: 
     return samples
 
 
-async def publish_roundtrip(url: str, count: int) -> list[float]:
-    client = Valkey.from_url(url)
-    pubsub = client.pubsub()
-    await pubsub.subscribe("bench:rtt")
-    await pubsub.get_message(timeout=1)  # subscribe confirmation
+async def stream_roundtrip(client: Any, count: int) -> list[float]:
+    """The control transport's floor: XADD on one client → an XREAD BLOCK already waiting on another wakes up."""
+    key = "agentapi:{bench:rtt}:control"
+    last = "0-0"
     samples = []
     for i in range(count):
+        reader = asyncio.ensure_future(client["blocking"].xread({key: last}, count=1, block=5000))
+        await asyncio.sleep(0.002)  # the XREAD is parked server-side
         started = time.perf_counter()
-        await client.publish("bench:rtt", str(i))
-        while True:
-            msg = await pubsub.get_message(timeout=5, ignore_subscribe_messages=True)
-            if msg is not None:
-                break
+        await client["main"].xadd(key, {"m": str(i)}, maxlen=1000, approximate=True)
+        reply = await reader
         samples.append(time.perf_counter() - started)
-    await pubsub.aclose()
-    await client.aclose()
+        last = reply[0][1][-1][0]
+    await client["main"].delete(key)
     return samples
+
+
+def transport_clients(url: str, *, cluster: bool) -> dict[str, Any]:
+    from valkey.asyncio.cluster import ValkeyCluster
+
+    if cluster:
+        return {"main": ValkeyCluster.from_url(url), "blocking": ValkeyCluster.from_url(url)}
+    return {"main": Valkey.from_url(url), "blocking": Valkey.from_url(url)}
+
+
+async def close_clients(clients: dict[str, Any]) -> None:
+    for client in clients.values():
+        await client.aclose()
 
 
 async def burst_through_api(ca: httpx.AsyncClient, n: int) -> float:
@@ -147,7 +159,9 @@ async def main() -> None:
         ):
             await interrupt_latency(ca, cb, 5)  # warm-up
             interrupts = await interrupt_latency(ca, cb, args.interrupts)
-            rtt = await publish_roundtrip(servers.valkey_url, args.interrupts)
+            transport = transport_clients(servers.valkey_url, cluster=False)
+            rtt = await stream_roundtrip(transport, args.interrupts)
+            await close_clients(transport)
             await burst_through_api(ca, 1000)  # warm-up
             api_rate = await burst_through_api(ca, args.burst)
             raw_rate = await burst_in_process(args.burst)
@@ -159,14 +173,14 @@ async def main() -> None:
 
     results: dict[str, Any] = {
         "interrupt_latency": summary(interrupts),
-        "valkey_publish_roundtrip": summary(rtt),
+        "valkey_stream_roundtrip": summary(rtt),
         "burst": {"n": args.burst, "api_events_per_s": api_rate, "in_process_events_per_s": raw_rate},
         "time_to_first_event": summary(firsts),
     }
-    i, r = results["interrupt_latency"], results["valkey_publish_roundtrip"]
+    i, r = results["interrupt_latency"], results["valkey_stream_roundtrip"]
     rows = [
-        ("interrupt B→done on A p50 (ms)", i["p50_ms"], "PUBLISH→receive p50", r["p50_ms"], i["p50_ms"] / r["p50_ms"]),
-        ("interrupt B→done on A p99 (ms)", i["p99_ms"], "PUBLISH→receive p99", r["p99_ms"], i["p99_ms"] / r["p99_ms"]),
+        ("interrupt B→done on A p50 (ms)", i["p50_ms"], "XADD→XREAD BLOCK p50", r["p50_ms"], i["p50_ms"] / r["p50_ms"]),
+        ("interrupt B→done on A p99 (ms)", i["p99_ms"], "XADD→XREAD BLOCK p99", r["p99_ms"], i["p99_ms"] / r["p99_ms"]),
         (f"SSE burst {args.burst} via API (ev/s)", api_rate, "demo backend in-process", raw_rate, api_rate / raw_rate),
     ]
     print(f"\n{'measure':<36}{'value':>12}  {'baseline':<26}{'value':>12}{'ratio':>9}")

@@ -35,7 +35,7 @@ def test_missing_extra_is_a_startup_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_with_key_and_extra_the_app_builds() -> None:
     app = create_app(claude_settings("sk-test"))
-    assert app.state["run_manager"].backend.name == "claude"
+    assert app.state["components"].backend.name == "claude"
 
 
 def test_openapi_documents_the_question_shapes() -> None:

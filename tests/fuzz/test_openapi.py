@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -26,6 +27,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from litestar.serialization import encode_json
 from schemathesis import Case
+from schemathesis.core.failures import AcceptedNegativeData, Failure, FailureGroup
 
 from app.asgi import create_app
 from app.config.settings import AppSettings, DatabaseSettings, Settings, ValkeySettings
@@ -128,6 +130,20 @@ def test_served_schema_is_the_fuzzed_one(fuzz_target: tuple[str, str]) -> None:
     assert served.json() == SCHEMA_DOCUMENT
 
 
+# Query parameters that are lists of free text: a "negative" value schemathesis makes by changing the type
+# (`true`, `null`, a number) reaches the server as the text "true", a valid tag. Schemathesis reports the 200 as
+# accepted negative data (its open issue schemathesis#3056, "array of strings query parameters").
+FREE_TEXT_QUERY_LISTS = frozenset({"tag"})
+_INVALID_COMPONENT = re.compile(r"parameter `([^`]+)` in (\w+)")
+
+
+def _free_text_query_false_positive(failure: Failure) -> bool:
+    if not isinstance(failure, AcceptedNegativeData):
+        return False
+    components = set(_INVALID_COMPONENT.findall(failure.message))
+    return bool(components) and all(loc == "query" and name in FREE_TEXT_QUERY_LISTS for name, loc in components)
+
+
 def _defuse(body: Any) -> None:
     """Keeps run prompts short-lived: no demo script that sleeps, waits for an answer or bursts."""
     if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
@@ -163,8 +179,13 @@ def test_openapi_fuzz(case: Case, fuzz_target: tuple[str, str], session_pool: li
     with requests.Session() as http:
         response = case.call(base_url=base, session=http, headers=headers, timeout=REQUEST_TIMEOUT)
         STATS[case.operation.label][str(response.status_code)] += 1
-        case.validate_response(
-            response,
-            headers=headers,
-            transport_kwargs={"base_url": base, "session": http, "headers": headers, "timeout": REQUEST_TIMEOUT},
-        )
+        try:
+            case.validate_response(
+                response,
+                headers=headers,
+                transport_kwargs={"base_url": base, "session": http, "headers": headers, "timeout": REQUEST_TIMEOUT},
+            )
+        except FailureGroup as group:
+            real = [f for f in group.exceptions if not _free_text_query_false_positive(f)]
+            if real:
+                raise FailureGroup(real) from group

@@ -13,6 +13,7 @@ from valkey.asyncio import Valkey
 from app.asgi import build_alchemy_config
 from app.domain.keys.hashing import hash_key
 from app.domain.keys.services import ApiKeyService
+from app.domain.sessions.valkey_keys import session_key
 from tests.helpers import assert_problem, wait_for
 from tests.instances import Instance, InstanceFactory, create_api_key, make_settings
 from tests.servers import TestServers
@@ -130,7 +131,7 @@ async def test_other_key_gets_404_and_never_the_data(
         # Cached (just created), then from Postgres after the cache entry is gone, on both instances.
         await probe_all(other_a)
         await probe_all(other_b)
-        await valkey.delete(f"agentapi:{{{sid}}}:session")
+        await valkey.delete(session_key(sid))
         await probe_all(other_b)
         await probe_all(other_a)
 

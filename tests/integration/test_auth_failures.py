@@ -22,6 +22,7 @@ from app.asgi import build_alchemy_config
 from app.db.models import ApiKey
 from app.domain.keys.hashing import fingerprint, hash_key
 from app.domain.keys.services import ApiKeyService
+from app.lib.valkey.rate_limiter import counter_key
 from tests.helpers import assert_problem, wait_for
 from tests.instances import Instance, InstanceFactory, create_api_key, make_settings
 from tests.integration.test_auth import revoke
@@ -135,7 +136,7 @@ async def test_failures_are_limited_across_instances_without_database_work(
         assert on_a.count + on_b.count == looked_up
         # The shared count says so.
         window = int(time.time() // 60) * 60
-        assert int(await valkey.get(f"agentapi:ratelimit:authfail:{address}:{window}") or 0) >= LIMIT + 1
+        assert int(await valkey.get(counter_key(f"authfail:{address}", window)) or 0) >= LIMIT + 1
         # Another address has its own budget; the blocked one keeps the key A already verified.
         assert_problem(await get(cb, neighbour, wrong_key()), 401, "UNAUTHORIZED")
         assert (await get(ca, address, api_key)).status_code == 200

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from valkey.asyncio import Valkey
 
+from app.domain.sessions.valkey_keys import session_key
 from app.lib.valkey.versioned_cache import VersionedCache
 from tests.helpers import assert_problem
 from tests.instances import Instance
@@ -28,12 +29,8 @@ def b(shared_instance_b: Instance) -> Instance:
     return shared_instance_b
 
 
-def cache_key(sid: str) -> str:
-    return f"agentapi:{{{sid}}}:session"
-
-
 async def cached(valkey: Valkey, sid: str) -> dict[str, Any] | None:
-    raw = await valkey.get(cache_key(sid))
+    raw = await valkey.get(session_key(sid))
     if raw is None:
         return None
     value: dict[str, Any] = json.loads(raw)
@@ -60,13 +57,13 @@ async def test_create_caches_and_get_is_served_from_the_cache(
         assert entry["version"] == 1
         assert entry["title"] == "cached"
         assert entry["id"] == sid
-        ttl = await valkey.ttl(cache_key(sid))
+        ttl = await valkey.ttl(session_key(sid))
         assert 0 < ttl <= 7200
         assert api_key not in json.dumps(entry)
 
         # Mark the entry: a GET that returns the mark was a cache hit, on either instance.
         entry["title"] = "from-valkey"
-        await valkey.set(cache_key(sid), json.dumps(entry), keepttl=True)
+        await valkey.set(session_key(sid), json.dumps(entry), keepttl=True)
         for client in (ca, cb):
             hit = await client.get(f"{API}/{sid}")
             assert hit.status_code == 200
@@ -92,7 +89,7 @@ async def test_miss_repopulates_from_postgres_after_flushall(
         assert entry is not None
         assert entry["version"] == 2
         assert entry["title"] == "v2"
-        assert 0 < await valkey.ttl(cache_key(sid)) <= 7200
+        assert 0 < await valkey.ttl(session_key(sid)) <= 7200
         # The repopulated entry serves the other instance too, identically.
         assert (await ca.get(f"{API}/{sid}")).json() == patched
 
@@ -102,7 +99,7 @@ async def test_corrupt_cache_entry_is_ignored_and_replaced(a: Instance, api_key:
         created = (await c.post(API, json={"title": "real"})).json()
         sid = created["id"]
         for garbage in (b"not json", b"[]", b'{"version": "x"}', b"\xff\xfe"):
-            await valkey.set(cache_key(sid), garbage)
+            await valkey.set(session_key(sid), garbage)
             got = await c.get(f"{API}/{sid}")
             assert got.status_code == 200, garbage
             assert got.json() == created
@@ -135,7 +132,7 @@ async def test_readers_racing_writers_never_leave_an_older_version_cached(
         sid = (await ca.post(API, json={"title": "race"})).json()["id"]
         for round_ in range(25):
             # Every round starts with a miss, so the readers load from Postgres while the writer commits.
-            await valkey.delete(cache_key(sid))
+            await valkey.delete(session_key(sid))
             readers = [(ca if n % 2 else cb).get(f"{API}/{sid}") for n in range(6)]
             writer = (cb if round_ % 2 else ca).patch(f"{API}/{sid}", json={"metadata": {"round": round_}})
             results = await asyncio.gather(writer, *readers)
@@ -184,7 +181,7 @@ async def test_delete_leaves_no_resurrectable_cache_entry(
     async with a.client(api_key) as ca, b.client(api_key) as cb:
         for round_ in range(10):
             sid = (await ca.post(API, json={"title": f"doomed {round_}"})).json()["id"]
-            await valkey.delete(cache_key(sid))  # readers must go to Postgres and may re-cache what they read
+            await valkey.delete(session_key(sid))  # readers must go to Postgres and may re-cache what they read
             readers = [(ca if n % 2 else cb).get(f"{API}/{sid}") for n in range(6)]
             deleter = (cb if round_ % 2 else ca).delete(f"{API}/{sid}")
             results = await asyncio.gather(deleter, *readers)
@@ -198,7 +195,7 @@ async def test_delete_leaves_no_resurrectable_cache_entry(
             # A reader that loaded the row just before the delete and writes it back now is refused.
             stale = json.dumps({**results[-1].json(), "version": 1}).encode() if results[-1].status_code == 200 else b""
             if stale:
-                assert not await VersionedCache(valkey, ttl=60).set_if_newer(cache_key(sid), 1, stale)
+                assert not await VersionedCache(valkey, ttl=60).set_if_newer(session_key(sid), 1, stale)
             entry = await cached(valkey, sid)
             assert entry is None or entry.get("deleted") is True
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from app.domain.sessions.valkey_keys import session_key
 from tests.instances import Instance
 from tests.servers import TestServers
 
@@ -20,7 +21,7 @@ async def test_entry_restored_by_valkey_is_not_served_after_a_missed_write(
         pytest.skip("fault injection needs the embedded servers")
     async with a.client(api_key) as ca, b.client(api_key) as cb:
         sid = (await ca.post("/api/v1/sessions", json={"title": "v1"})).json()["id"]
-        key = f"agentapi:{{{sid}}}:session"
+        key = session_key(sid)
         old_entry = await valkey.get(key)
         assert old_entry is not None
         servers.stop_valkey()

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
 
 from valkey.asyncio import Valkey
 
-from app.asgi import AgentApiPlugin
-from app.domain.sessions.keys import session_key
+from app.domain.sessions.valkey_keys import session_key
 from app.domain.sessions.warming import WARM_MARKER_KEY, CacheWarmer
 from tests.helpers import collect_sse
 from tests.instances import Instance, InstanceFactory
@@ -20,8 +18,7 @@ API = "/api/v1/sessions"
 
 
 def warmer_of(inst: Instance) -> CacheWarmer:
-    warmer: CacheWarmer = inst.app.plugins.get(AgentApiPlugin).warmer
-    return warmer
+    return inst.components.cache_warmer
 
 
 async def warmed(inst: Instance, timeout: float = 10.0) -> int:
@@ -106,10 +103,10 @@ async def test_warming_never_overwrites_a_newer_version_or_a_delete(
     async with shared_instance.client(api_key) as c:
         kept = (await c.post(API, json={"title": "v1"})).json()["id"]
         gone = (await c.post(API, json={"title": "doomed"})).json()["id"]
-        state: Any = shared_instance.app.state
+        components = shared_instance.components
         warmer = CacheWarmer(
-            state["session_infra"].cache,
-            state["alchemy_config"],
+            components.session_cache,
+            components.alchemy,
             valkey,
             count=10,
             timeout=10,

@@ -119,22 +119,22 @@ def test_run_makes_a_dev_key_only_with_its_own_embedded_postgres(
 ) -> None:
     """`agent-api run` against a shared database (e.g. compose replicas) must not invent keys; with the
     embedded PostgreSQL it started itself, it makes and prints a development key."""
-    from app.cli import embedded
+    from app.cli import dev_servers
     from app.config.settings import get_settings
 
     monkeypatch.delenv("API_KEY", raising=False)
     monkeypatch.setenv("VALKEY_URL", "redis://127.0.0.1:1/0")  # set: no embedded Valkey is started
     monkeypatch.setenv("DATABASE_URL", "postgresql://db.invalid/agent")
     get_settings.cache_clear()
-    embedded.prepare_environment("run")
+    dev_servers.prepare_environment("run")
     assert "API_KEY" not in os.environ
     assert "keys create" in capsys.readouterr().err
 
     monkeypatch.delenv("DATABASE_URL")
-    monkeypatch.setattr(embedded, "embedded_postgres_url", lambda path: ("postgresql://127.0.0.1:1/agent", None))
+    monkeypatch.setattr(dev_servers, "embedded_postgres_url", lambda path: ("postgresql://127.0.0.1:1/agent", None))
     get_settings.cache_clear()
     try:
-        embedded.prepare_environment("run")
+        dev_servers.prepare_environment("run")
         key = os.environ["API_KEY"]
         assert key.startswith("aak_")
         assert key in capsys.readouterr().err

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from valkey.asyncio import Valkey
 
+from app.lib.valkey.rate_limiter import counter_key
 from tests.helpers import assert_problem, wait_for
 from tests.instances import InstanceFactory
 from tests.integration.test_logging import json_lines
@@ -30,7 +31,7 @@ def wrong_key() -> str:
 
 
 def window_key(address: str) -> str:
-    return f"agentapi:ratelimit:authfail:{address}:{int(time.time() // 60) * 60}"
+    return counter_key(f"authfail:{address}", int(time.time() // 60) * 60)
 
 
 async def count(valkey: Valkey, address: str) -> int:

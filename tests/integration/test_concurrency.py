@@ -10,14 +10,11 @@ from typing import Any
 import httpx
 from valkey.asyncio import Valkey
 
+from app.domain.sessions.valkey_keys import lock_key
 from tests.helpers import assert_problem
 from tests.instances import Instance, InstanceFactory
 
 API = "/api/v1/sessions"
-
-
-def lock_key(sid: str) -> str:
-    return f"agentapi:{{{sid}}}:lock"
 
 
 async def test_concurrent_patches_across_instances_lose_no_update(

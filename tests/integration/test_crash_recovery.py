@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.domain.sessions.valkey_keys import active_key
 from tests.helpers import collect_sse, iter_sse, wait_for
 from tests.instances import InstanceFactory
 from tests.processes import GranianProcess
@@ -88,13 +89,13 @@ async def test_a_dead_owners_session_is_busy_until_reaped_never_run_twice(
                 doomed.kill()
 
             async def lease_gone() -> bool:
-                return not await valkey.exists(f"agentapi:{{{sid}}}:active")
+                return not await valkey.exists(active_key(sid))
 
             await wait_for(lease_gone, timeout=10, what="the lease to lapse")
             busy = await co.post(f"/api/v1/sessions/{sid}/resume", json={"prompt": "fresh"})
             assert busy.status_code == 409 and busy.json()["code"] == "SESSION_BUSY"
             # A reaper (here: the other instance's, run once by hand) ends the lost run; then the session runs.
-            await wait_for(other.app.state["run_reaper"].sweep, timeout=20, interval=0.2, what="the lost run reaped")
+            await wait_for(other.components.run_reaper.sweep, timeout=20, interval=0.2, what="the lost run reaped")
             async with co.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "fresh"}) as resp2:
                 assert resp2.status_code == 200
                 fresh = await collect_sse(resp2)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from valkey.asyncio import Valkey
 
+from app.domain.sessions.valkey_keys import session_key
 from tests.helpers import assert_problem, wait_for
 from tests.instances import Instance
 from tests.servers import TestServers
@@ -26,10 +27,6 @@ API = "/api/v1/sessions"
 def _require_fault_injection(servers: TestServers) -> None:
     if not servers.can_inject_faults:
         pytest.skip("needs the embedded servers (TEST_DATABASE_URL / TEST_VALKEY_URL point at external ones)")
-
-
-def cache_key(sid: str) -> str:
-    return f"agentapi:{{{sid}}}:session"
 
 
 async def timed(call: Awaitable[T], limit: float) -> T:
@@ -118,7 +115,7 @@ async def test_sessions_work_from_postgres_while_valkey_is_down_and_recover(
         assert got.headers["etag"] == '"12"'
 
         async def recached() -> dict[str, Any] | None:
-            raw = await valkey.get(cache_key(sid))
+            raw = await valkey.get(session_key(sid))
             return json.loads(raw) if raw else None
 
         entry = await wait_for(recached, timeout=5, what="session re-cached")
@@ -135,7 +132,7 @@ async def test_sessions_work_from_postgres_while_valkey_is_down_and_recover(
         assert (await cb.get(f"{API}/{sid}")).json()["title"] == "after the outage"
         created = await ca.post(API, json={})
         assert created.status_code == 201
-        assert await valkey.exists(cache_key(created.json()["id"]))
+        assert await valkey.exists(session_key(created.json()["id"]))
 
 
 async def test_postgres_down_gives_503_quickly_and_recovers(
@@ -147,7 +144,7 @@ async def test_postgres_down_gives_503_quickly_and_recovers(
         uncached_sid = (await ca.post(API, json={"title": "uncached"})).json()["id"]
         # Both instances know the key (the auth cache) so the requests below reach the session code.
         assert (await cb.get(API)).status_code == 200
-        await valkey.delete(cache_key(uncached_sid))
+        await valkey.delete(session_key(uncached_sid))
 
         servers.stop_postgres()
         try:

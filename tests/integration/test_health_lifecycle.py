@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from app.asgi import AgentApiPlugin
+from app.lifespan import AppLifespan
 from tests.helpers import iter_sse, wait_for
 from tests.instances import InstanceFactory
 from tests.servers import TestServers
@@ -48,7 +48,7 @@ async def test_starts_while_postgres_is_down_and_becomes_ready_by_itself(
 
 async def test_ready_is_503_draining_during_the_shutdown_drain(instance_factory: InstanceFactory, api_key: str) -> None:
     inst = await instance_factory("draining", runs__shutdown_grace=5.0)
-    plugin = inst.app.plugins.get(AgentApiPlugin)
+    lifespan = AppLifespan(inst.components)
     async with inst.client(api_key) as c, inst.client() as anon:
         assert (await anon.get("/health/ready")).status_code == 200
         sid = (await c.post(API, json={})).json()["id"]
@@ -56,7 +56,7 @@ async def test_ready_is_503_draining_during_the_shutdown_drain(instance_factory:
             async for ev in iter_sse(resp):
                 if ev.event == "message":
                     break
-            drain = asyncio.create_task(plugin.drain())  # what SIGTERM runs first (app.lib.worker_signals)
+            drain = asyncio.create_task(lifespan.drain())  # what SIGTERM runs first (app.lib.compat.granian_signals)
             try:
 
                 async def draining() -> bool:

@@ -68,3 +68,23 @@ async def test_run_on_one_process_controlled_from_the_other(
         assert elapsed < 1.0
         session = (await c2.get(f"/api/v1/sessions/{sid}")).json()
         assert session["status"] == "interrupted" and session["active_run"] is None
+
+
+async def test_an_oversized_body_gets_its_413_and_the_connection_stays_usable(
+    servers: TestServers, tmp_path: Path, api_key: str
+) -> None:
+    """Under Granian: a body over the limit is read and dropped before the 413 ends, so a client still uploading
+    gets the 413 (not a reset) and its keep-alive connection serves the next request. Before, the second upload
+    on a connection failed with a read error."""
+    proc = GranianProcess.start(servers, "proc-413", tmp_path)
+    try:
+        async with httpx.AsyncClient(base_url=proc.base_url, headers={"X-API-Key": api_key}, timeout=30) as c:
+            for _ in range(5):
+                resp = await c.post(
+                    "/api/v1/sessions", content=b"x" * (4 * 1024 * 1024), headers={"Content-Type": "application/json"}
+                )
+                assert resp.status_code == 413
+                assert resp.json()["code"] == "REQUEST_TOO_LARGE"
+                assert (await c.get("/api/v1/sessions")).status_code == 200
+    finally:
+        proc.kill()

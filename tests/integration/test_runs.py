@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from app.domain.sessions.valkey_keys import events_key
 from tests.helpers import SSEEvent, collect_sse, iter_sse, wait_for
 from tests.instances import Instance
 
@@ -136,7 +137,13 @@ async def test_busy_session_gets_409_from_the_other_instance(a: Instance, b: Ins
         finally:
             await resp.aclose()
         assert (await session_status(cb, sid))["status"] == "interrupted"
-        msgs = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
+
+        async def persisted_to_done() -> list[Any]:
+            # `done` reaches Postgres a moment after the stream (the persister batches); seen on a cluster.
+            items: list[Any] = (await cb.get(f"/api/v1/sessions/{sid}/messages")).json()["items"]
+            return items if items and items[-1]["event"] == "done" else []
+
+        msgs = await wait_for(persisted_to_done, what="done in /messages", timeout=5)
         assert [m["event"] for m in msgs][-2:] == ["result", "done"]
         assert msgs[-2]["data"]["stop_reason"] == "interrupted" and msgs[-2]["data"]["is_error"] is False
 
@@ -232,7 +239,7 @@ async def test_permission_mode_change_reaches_running_agent(a: Instance, b: Inst
         resp, events = await start_stream(ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "sleep 5"})
         try:
             init = await next_event(events, "init")
-            manager = a.app.state["run_manager"]
+            manager = a.components.run_manager
             from uuid import UUID
 
             run = manager.runs[UUID(init.data["run_id"])]
@@ -320,7 +327,7 @@ async def test_events_replay_from_postgres_after_flush(a: Instance, b: Instance,
             ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "one two", "include_partial_messages": True}
         )
         assert any(e.event == "partial" for e in events)
-        await valkey.delete(f"agentapi:{{{sid}}}:events")
+        await valkey.delete(events_key(sid))
         replay = await run_to_done_events(cb, sid)
         durable = [e for e in events if e.event != "partial"]
         assert [(e.id, e.event, e.data) for e in replay] == [(e.id, e.event, e.data) for e in durable]

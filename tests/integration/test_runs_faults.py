@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.domain.sessions.valkey_keys import active_key
 from tests.helpers import collect_sse, iter_sse, wait_for
 from tests.instances import Instance, InstanceFactory
 from tests.servers import TestServers
@@ -191,7 +192,7 @@ async def test_run_keeps_its_lease_while_finishing_through_a_postgres_outage(
     )
     async with inst.client(api_key) as client:
         sid = (await client.post("/api/v1/sessions", json={})).json()["id"]
-        lease_key = f"agentapi:{{{sid}}}:active"
+        lease_key = active_key(sid)
         async with client.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "sleep 1"}) as resp:
             events = []
             outage = False

@@ -363,3 +363,36 @@ async def test_an_answer_without_question_id_is_recorded_with_the_question_it_an
         question = next(m["data"] for m in items if m["event"] == "question")
         answer = [m["data"] for m in items if m["event"] == "message" and m["data"]["role"] == "user"][-1]
         assert answer["question_id"] == question["question_id"]
+
+
+async def test_run_input_is_the_options_as_given(a: Instance, b: Instance, api_key: str) -> None:
+    """`input` keeps what the client sent, `null` and `false` included, and adds nothing it left out."""
+    async with a.client(api_key) as ca, b.client(api_key) as cb:
+        sid = await new_session(ca)
+        sent = {"prompt": "as given", "model": None, "include_partial_messages": False, "allowed_tools": []}
+        created = await ca.post(f"/api/v1/sessions/{sid}/runs", json=sent)
+        assert created.status_code == 202, created.text
+        run = created.json()
+        assert run["input"] == sent
+        done = await wait_run(cb, run["id"])
+        assert done["status"] == "completed" and done["input"] == sent
+        # Queued, then started from the stored input on another instance: the same options.
+        first = await start_run(ca, sid, "sleep 0.5")
+        queued = (await cb.post(f"/api/v1/sessions/{sid}/runs", json={**sent, "if_busy": "enqueue"})).json()
+        assert queued["status"] == "queued" and queued["input"] == sent
+        assert (await wait_run(ca, first["id"]))["status"] == "completed"
+        assert (await wait_run(ca, queued["id"]))["input"] == sent
+        bare = await start_run(cb, sid, "only a prompt")
+        assert bare["input"] == {"prompt": "only a prompt"}
+
+
+async def test_a_deleted_sessions_run_stream_ends_at_once(a: Instance, api_key: str) -> None:
+    """Its events went with the session: the run's stream ends (empty) instead of waiting for a `done` that
+    will never reach Postgres."""
+    async with a.client(api_key) as ca:
+        sid = await new_session(ca)
+        run = await start_run(ca, sid, "hello")
+        assert (await wait_run(ca, run["id"]))["status"] == "completed"
+        assert (await ca.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+        events = await asyncio.wait_for(run_events(ca, run["id"]), timeout=5)  # the wait for a late done is 10 s
+        assert events == []

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from valkey.asyncio import Valkey
 
 from app.asgi import build_alchemy_config
+from app.domain.sessions.valkey_keys import events_key, interrupt_key
 from tests.helpers import SESSION_FIELDS, assert_problem
 from tests.instances import Instance, make_settings
 from tests.servers import TestServers
@@ -412,8 +413,8 @@ async def test_messages_fork_and_delete_carry_the_transcript(
                 sid=sid,
                 entry=f'{{"n": {n}}}',
             )
-        await valkey.xadd(f"agentapi:{{{sid}}}:events", {"event": "done", "data": "{}"})
-        await valkey.set(f"agentapi:{{{sid}}}:interrupt", "1", ex=60)
+        await valkey.xadd(events_key(sid), {"event": "done", "data": "{}"})
+        await valkey.set(interrupt_key(sid), "1", ex=60)
 
         page = (await cb.get(f"{API}/{sid}/messages")).json()
         assert page["total"] == 4
@@ -442,7 +443,7 @@ async def test_messages_fork_and_delete_carry_the_transcript(
         for table in ("session_event", "transcript_entry"):
             rows = await sql(servers, f"SELECT count(*) FROM {table} WHERE session_id = :sid", sid=sid)
             assert rows[0][0] == 0, table
-        assert not await valkey.exists(f"agentapi:{{{sid}}}:events")
-        assert not await valkey.exists(f"agentapi:{{{sid}}}:interrupt")
+        assert not await valkey.exists(events_key(sid))
+        assert not await valkey.exists(interrupt_key(sid))
         # The fork keeps its own copy.
         assert (await ca.get(f"{API}/{child['id']}/messages")).json()["total"] == 4

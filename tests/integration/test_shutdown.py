@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.domain.sessions.valkey_keys import active_key
 from tests.helpers import collect_sse, iter_sse, wait_for
 from tests.instances import InstanceFactory
 from tests.integration.test_runs import next_event, start_stream
@@ -39,7 +40,7 @@ async def test_sigterm_interrupts_runs_after_grace_and_releases_lease(
                     proc.terminate()
                     tail = await collect_sse(follow, timeout=20)
             assert tail[-1].data == {"reason": "interrupted"}
-            assert not await valkey.exists(f"agentapi:{{{sid}}}:active")
+            assert not await valkey.exists(active_key(sid))
             session = (await co.get(f"/api/v1/sessions/{sid}")).json()
             assert session["status"] == "interrupted" and session["active_run"] is None
             async with co.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "after"}) as resp2:
@@ -107,7 +108,7 @@ async def test_sigterm_to_agent_api_run_drains_while_still_serving(
                 await long_resp.aclose()
                 await short_resp.aclose()
             assert proc.proc.wait(timeout=30) == 0
-            assert not await valkey.exists(f"agentapi:{{{long_sid}}}:active")
+            assert not await valkey.exists(active_key(long_sid))
             session = (await co.get(f"/api/v1/sessions/{long_sid}")).json()
             assert session["status"] == "interrupted" and session["active_run"] is None
             # The run on the other instance never noticed.

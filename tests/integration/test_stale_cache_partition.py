@@ -10,6 +10,7 @@ import httpx
 from sqlalchemy import text
 
 from app.asgi import build_alchemy_config
+from app.domain.sessions.valkey_keys import session_key
 from tests.helpers import wait_for
 from tests.instances import InstanceFactory, make_settings
 from tests.servers import TestServers, free_port
@@ -17,10 +18,6 @@ from tests.servers import TestServers, free_port
 API = "/api/v1/sessions"
 # The sweep runs every SESSION_CACHE_SWEEP_INTERVAL (2 s by default); generous for a loaded machine.
 DEADLINE = 20.0
-
-
-def cache_key(sid: str) -> str:
-    return f"agentapi:{{{sid}}}:session"
 
 
 async def pending_rows(servers: TestServers, sid: str) -> int:
@@ -44,7 +41,7 @@ async def test_write_from_an_instance_without_valkey_reaches_the_other_instances
     async with seeing.client(api_key) as cs, blind.client(api_key) as cb:
         sid = (await cs.post(API, json={"title": "v1"})).json()["id"]
         assert (await cs.get(f"{API}/{sid}")).json()["version"] == 1
-        assert await valkey.get(cache_key(sid)) is not None  # `seeing` serves it from the cache
+        assert await valkey.get(session_key(sid)) is not None  # `seeing` serves it from the cache
 
         patched = await cb.patch(f"{API}/{sid}", json={"title": "v2"})
         assert patched.status_code == 200, patched.text

@@ -312,3 +312,29 @@ async def test_nul_in_run_text_is_validation_error(
 async def test_nul_in_answer_is_validation_error(client: httpx.AsyncClient, sid: str) -> None:
     resp = await client.post(f"{API}/{sid}/answer", json={"answer": "a\u0000b"})
     assert_problem(resp, 400, "VALIDATION_ERROR")
+
+
+@pytest.mark.parametrize(
+    "output_format",
+    [{"type": "json_schema", "schema": {"a\u0000b": {}}}, {"type": "json_schema", "schema": {"enum": ["x\u0000"]}}],
+    ids=["nul-in-key", "nul-in-string"],
+)
+async def test_nul_in_output_format_is_validation_error_and_starts_nothing(
+    client: httpx.AsyncClient, sid: str, output_format: dict[str, Any]
+) -> None:
+    """jsonb cannot hold U+0000: found by the fuzz suite as a 500 from the run's INSERT."""
+    body = {"prompt": "hi", "output_format": output_format}
+    problem = assert_problem(await client.post(f"{API}/{sid}/runs", json=body), 400, "VALIDATION_ERROR")
+    assert "U+0000" in json.dumps(problem["errors"])
+    assert_problem(await client.post("/api/v1/query", json=body), 400, "VALIDATION_ERROR")
+    runs = (await client.get(f"{API}/{sid}/runs")).json()
+    assert runs["total"] == 0
+    chat = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "demo",
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": output_format["schema"]}},
+        },
+    )
+    assert chat.status_code == 400, chat.text

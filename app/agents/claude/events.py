@@ -1,4 +1,4 @@
-"""SDK messages → our events (SPEC §3). Every message the SDK reports becomes an event:
+"""SDK messages → our SSE events. Every message the SDK reports becomes an event:
 
 - `SystemMessage` init → `init` (the SDK's session id rides along as `agent_session_id`, kept server-side);
 - `AssistantMessage` / `UserMessage` → `message` with text, thinking, tool_use, tool_result (and server tool)
@@ -127,7 +127,7 @@ def result_events(message: ResultMessage, state: MappingState) -> list[AgentEven
         "result": message.result,
         "structured_output": message.structured_output,
         "stop_reason": "interrupted" if interrupted else message.stop_reason,
-        # What the SDK reports beyond SPEC's fields, kept as it is:
+        # What the SDK reports beyond our documented fields, kept as it is:
         "subtype": message.subtype,
         "agent_duration_ms": message.duration_ms,
         "duration_api_ms": message.duration_api_ms,

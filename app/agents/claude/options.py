@@ -1,4 +1,4 @@
-"""`AgentRequest` (SPEC §3 request options) → `ClaudeAgentOptions`."""
+"""`AgentRequest` (a run's options) → `ClaudeAgentOptions`."""
 
 from __future__ import annotations
 

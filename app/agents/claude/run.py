@@ -7,7 +7,6 @@ CLI process: the task never gets cancelled while it disconnects, so no CLI proce
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import warnings
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from app.agents.claude.config import ClaudeConfig
 from app.agents.claude.events import MappingState, interrupted_result, to_events
 from app.agents.claude.options import build_options
 from app.agents.claude.questions import Questions
+from app.lib.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ class ClaudeRun:
         done, _ = await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
         if not done:  # pragma: no cover - the CLI ignored every request to stop
             logger.error("claude run %s did not close in %ss; cancelling it", self.request.run_id, CLOSE_TIMEOUT)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
 
     # -- events (the consumer's task) ------------------------------------------------------------------
 
@@ -134,10 +132,7 @@ class ClaudeRun:
                     logger.warning("claude run %s: %s failed", self.request.run_id, kind, exc_info=True)
             reader.result()
         finally:
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            await cancel_and_wait(reader)
 
     async def _read(self, client: ClaudeSDKClient) -> None:
         async for message in client.receive_response():

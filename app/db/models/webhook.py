@@ -1,4 +1,4 @@
-"""Webhook endpoints and their deliveries: the deliveries table is the durable outbox (SPEC §9)."""
+"""Webhook endpoints and their deliveries: the deliveries table is the durable outbox."""
 
 from __future__ import annotations
 

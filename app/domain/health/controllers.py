@@ -7,10 +7,11 @@ from typing import Any
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar import Controller, Response, get
-from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 
+from app.domain.runs.manager import RunManager
+from app.lib.di import AppDependency
 from app.lib.valkey.client import ValkeyClients
 
 CHECK_TIMEOUT = 2.0
@@ -26,16 +27,19 @@ class Ready(msgspec.Struct):
 
 
 async def _timed(check: Any) -> dict[str, Any]:
+    """Runs `check`; its result (a dict, e.g. a cluster's state) or its error's details join the report."""
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(check(), CHECK_TIMEOUT)
+        details = await asyncio.wait_for(check(), CHECK_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure means "down" here
+        extra = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         return {
             "status": "down",
             "error": type(exc).__name__,
+            **extra,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
-    return {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {"status": "up", **(details or {}), "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 class HealthController(Controller):
@@ -64,30 +68,33 @@ class HealthController(Controller):
             )
         },
     )
-    async def ready(self, state: State) -> Response[Ready]:
-        alchemy: SQLAlchemyAsyncConfig = state["alchemy_config"]
-        clients: ValkeyClients = state["valkey_clients"]
+    async def ready(
+        self,
+        alchemy_config: AppDependency[SQLAlchemyAsyncConfig],
+        valkey_clients: AppDependency[ValkeyClients],
+        run_manager: AppDependency[RunManager],
+        startup_work: AppDependency[StartupWork],
+    ) -> Response[Ready]:
+        alchemy, clients, manager, startup = alchemy_config, valkey_clients, run_manager, startup_work
 
         async def postgres() -> None:
             async with alchemy.get_engine().connect() as conn:
                 await conn.execute(text("SELECT 1"))
 
-        async def valkey() -> None:
-            await clients.main.ping()
+        async def valkey() -> dict[str, Any]:
+            # On a cluster: its `cluster_state` too (down unless `ok`: some slots are not served).
+            return await clients.check()
 
         pg, vk = await asyncio.gather(_timed(postgres), _timed(valkey))
         checks = {"postgres": pg, "valkey": vk}
-        manager = state.get("run_manager")
-        startup: StartupWork | None = state.get("startup_work")
-        if startup is not None:
-            checks["startup"] = {"status": "done" if startup.done else "pending"}
+        checks["startup"] = {"status": "done" if startup.done else "pending"}
         not_ready = (
             "draining"
-            if manager is not None and getattr(manager, "draining", False)
+            if manager.draining
             else "unavailable"
             if pg["status"] != "up"
             else "starting"
-            if startup is not None and not startup.done
+            if not startup.done
             else None
         )
         if not_ready is not None:

@@ -27,8 +27,9 @@ from app.domain.idempotency import ATTACH_RUN_STATE, IDEMPOTENT_OPT
 from app.domain.idempotency.store import Claimed, IdempotencyStore, InProgress, Replay, Reused, Running
 from app.domain.keys.auth import Principal
 from app.domain.runs.controllers import sse
-from app.domain.runs.services import query_result
+from app.domain.runs.services import RunService, query_result
 from app.lib.problems import PROBLEM_JSON, ApiError, Problem, is_database_unavailable, is_valkey_unavailable
+from app.lib.request_limits import MAX_BODY_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
 # Response headers kept with a stored outcome (the rest are per-response: request id, rate limits, ...).
 KEPT_HEADERS = ("content-type", "location", "etag", "x-session-id", "x-run-id")
 # Bodies larger than Litestar accepts are refused by it (413); they are never remembered.
-MAX_BODY = 1024 * 1024
 STREAM_TYPE = "text/event-stream"
 # Tries to store an outcome through a Postgres blip (about 5 s in all).
 REMEMBER_ATTEMPTS = 8
@@ -46,14 +46,7 @@ REMEMBER_ATTEMPTS = 8
 def _problem(
     scope: Scope, status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None
 ) -> ASGIResponse:
-    body = Problem(
-        type=f"https://agent-api.dev/problems/{code.lower().replace('_', '-')}",
-        title=title,
-        status=status,
-        code=code,
-        detail=detail,
-        instance=scope["path"],
-    )
+    body = Problem.of(status, code, title, detail, scope["path"])
     return ASGIResponse(body=msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -69,7 +62,7 @@ def _database_unavailable(scope: Scope) -> ASGIResponse:
 
 
 async def _read_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes, bool]:
-    """The request's body messages (to replay to the app), the body, and whether it fit `MAX_BODY`."""
+    """The request's body messages (to replay to the app), the body, and whether it fit `MAX_BODY_BYTES`."""
     messages: list[ReceiveMessage] = []
     chunks: list[bytes] = []
     size = 0
@@ -80,7 +73,7 @@ async def _read_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes, boo
             return messages, b"".join(chunks), True
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > MAX_BODY_BYTES:
             return messages, b"", False
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -89,6 +82,11 @@ async def _read_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes, boo
 
 class IdempotencyMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
+
+    def __init__(self, store: IdempotencyStore, run_service: RunService) -> None:
+        self.store = store
+        # A replay of a run's stream rejoins the run; a repeat of `/query/single` waits for its result.
+        self.run_service = run_service
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         handler = scope.get("route_handler")
@@ -123,20 +121,13 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 (str(scope.get("method", "")).encode(), scope["path"].encode(), scope.get("query_string", b""), body)
             )
         ).hexdigest()
-        store: IdempotencyStore = scope["app"].state["idempotency_store"]
+        store = self.store
         try:
             begun = await store.begin(user.key_id, key, fingerprint)
         except Exception as exc:
             if not is_database_unavailable(exc):
                 raise
-            await _problem(
-                scope,
-                503,
-                "DATABASE_UNAVAILABLE",
-                "Database unavailable",
-                "PostgreSQL cannot be reached; try again shortly.",
-                {"Retry-After": "2"},
-            )(scope, receive, send)
+            await _database_unavailable(scope)(scope, receive, send)
             return
         if isinstance(begun, Reused):
             await _problem(
@@ -237,7 +228,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
 
     async def _await_run(self, running: Running, scope: Scope, receive: Receive, send: Send, user: Principal) -> None:
         """A repeat of `/query/single` while its run goes on: the same answer, once the run has ended."""
-        run_service = scope["app"].state["run_service"]
+        run_service = self.run_service
         run = await run_service.get(user.key_id, running.run_id)
         while not run.ended:
             run = await run_service.wait(user.key_id, running.run_id, 30)
@@ -252,7 +243,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
         headers = {**replay.headers, "Idempotent-Replayed": "true"}
         if replay.body is None and headers.get("content-type", "").startswith(STREAM_TYPE):
             run_id = UUID(headers["x-run-id"])
-            run_service = scope["app"].state["run_service"]
+            run_service = self.run_service
             run, stream = await run_service.run_events(user.key_id, run_id)
             response = sse(stream, run.session_id, run.id)
             response.headers["Idempotent-Replayed"] = "true"

@@ -23,6 +23,7 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.types import ASGIApp
 
 from app.db.models import ApiKey
 from app.domain.keys.hashing import hash_key
@@ -166,11 +167,14 @@ def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 
 
 class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
+    def __init__(self, app: ASGIApp, *, authenticator: ApiKeyAuthenticator, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.authenticator = authenticator
+
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         key = extract_key(connection)
         if not key:
             raise NotAuthorizedException("Missing API key: send X-API-Key or Authorization: Bearer.")
-        authenticator: ApiKeyAuthenticator = connection.app.state["authenticator"]
         client = connection.scope.get("client")
-        principal = await authenticator.authenticate(key, client[0] if client else None)
+        principal = await self.authenticator.authenticate(key, client[0] if client else None)
         return AuthenticationResult(user=principal, auth=None)

@@ -57,7 +57,7 @@ class AuthFailureLimiter:
     per minute reach Postgres. Over the limit the client gets 429 `RATE_LIMITED` with `Retry-After`; this
     instance then remembers the block until the window ends and answers without even asking Valkey.
 
-    Counts live in Valkey (`agentapi:ratelimit:authfail:<address>:<window>`). When Valkey is unreachable the
+    Counts live in Valkey (`agentapi:{ratelimit:authfail:<address>}:<window>`). When Valkey is unreachable the
     count falls back to this process (the same limit per instance) and Valkey is tried again after
     `valkey_retry` seconds, so an outage never turns failed logins into a database query each. The address is an
     IPv4 address or an IPv6 /64 (`limit_subject`); behind proxies it is the one `TRUSTED_PROXIES` resolves."""
@@ -186,14 +186,7 @@ class RateLimitMiddleware(ASGIMiddleware):
                     headers=retry,
                 )(scope, receive, send)
                 return
-            body = Problem(
-                type="https://agent-api.dev/problems/rate-limited",
-                title="Rate limit exceeded",
-                status=429,
-                code="RATE_LIMITED",
-                detail=detail,
-                instance=scope["path"],
-            )
+            body = Problem.of(429, "RATE_LIMITED", "Rate limit exceeded", detail, scope["path"])
             response = ASGIResponse(
                 body=msgspec.json.encode(body),
                 status_code=429,

@@ -1,1 +1,1 @@
-"""The OpenAI-compatible API under /v1 (SPEC §10): models, chat completions, responses."""
+"""The OpenAI-compatible API under /v1: models, chat completions, responses."""

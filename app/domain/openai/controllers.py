@@ -1,19 +1,18 @@
-"""`/v1`: the OpenAI-compatible API (SPEC §10), for the official OpenAI clients (`base_url=<host>/v1`)."""
+"""`/v1`: the OpenAI-compatible API, for the official OpenAI clients (`base_url=<host>/v1`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, Router, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, Response, Router, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from app.domain.keys.auth import Principal
+from app.domain.keys.principal import AuthedRequest
 from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
-from app.domain.openai.dependencies import provide_model_catalog, provide_openai_service
+from app.domain.openai.dependencies import provide_openai_service
 from app.domain.openai.errors import ERROR_SHAPE_OPT, OPENAI_SHAPE, openai_error_responses, openai_exception_handlers
 from app.domain.openai.schemas import (
     ChatCompletion,
@@ -28,11 +27,9 @@ from app.domain.openai.schemas import (
     ResponseObject,
 )
 from app.domain.openai.services import ModelCatalog, OpenAIService
-from app.domain.runs.dependencies import provide_run_service
-from app.domain.sessions.dependencies import provide_session_service
+from app.lib.di import AppDependency
 
 TAG = "OpenAI-compatible"
-AuthedRequest = Request[Principal, Any, State]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -42,15 +39,14 @@ def _headers(session_id: object, run_id: object) -> dict[str, str]:
 
 class ModelsController(Controller):
     path = "/models"
-    dependencies = {"catalog": Provide(provide_model_catalog, sync_to_thread=False)}
 
     @get("/", summary="List models", responses=openai_error_responses())
-    async def list_models(self, catalog: NamedDependency[ModelCatalog]) -> ModelList:
-        return catalog.list()
+    async def list_models(self, model_catalog: AppDependency[ModelCatalog]) -> ModelList:
+        return model_catalog.list()
 
     @get("/{model_id:str}", summary="Retrieve a model", responses=openai_error_responses(404))
-    async def get_model(self, catalog: NamedDependency[ModelCatalog], model_id: FromPath[str]) -> Model:
-        return catalog.require(model_id, param=None)
+    async def get_model(self, model_catalog: AppDependency[ModelCatalog], model_id: FromPath[str]) -> Model:
+        return model_catalog.require(model_id, param=None)
 
 
 CHAT_STREAM = ResponseSpec(
@@ -232,11 +228,7 @@ openai_router = Router(
     tags=[TAG],
     opt={ERROR_SHAPE_OPT: OPENAI_SHAPE},
     exception_handlers=openai_exception_handlers(),
-    dependencies={
-        "session_service": Provide(provide_session_service),
-        "run_service": Provide(provide_run_service, sync_to_thread=False),
-        "openai_service": Provide(provide_openai_service),
-    },
+    dependencies={"openai_service": Provide(provide_openai_service, sync_to_thread=False)},
 )
 
 

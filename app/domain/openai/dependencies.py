@@ -1,20 +1,18 @@
-from __future__ import annotations
+"""Request-scoped provider of the OpenAI-compatible domain; its collaborators are app-level dependencies
+(`app.components.AppComponents.dependencies`)."""
 
-from litestar.datastructures import State
-from litestar.di import NamedDependency
+from __future__ import annotations
 
 from app.domain.openai.runs_port import RunsPort
 from app.domain.openai.services import ModelCatalog, OpenAIService
 from app.domain.runs.services import RunService
-from app.domain.sessions.services import SessionService
+from app.domain.sessions.reader import SessionReader
+from app.lib.di import AppDependency
 
 
-def provide_model_catalog(state: State) -> ModelCatalog:
-    manager = state["run_manager"]
-    return ModelCatalog(state["settings"], manager.backend)
-
-
-async def provide_openai_service(
-    run_service: NamedDependency[RunService], session_service: NamedDependency[SessionService], state: State
+def provide_openai_service(
+    run_service: AppDependency[RunService],
+    session_reader: AppDependency[SessionReader],
+    model_catalog: AppDependency[ModelCatalog],
 ) -> OpenAIService:
-    return OpenAIService(RunsPort(run_service), provide_model_catalog(state), session_service)
+    return OpenAIService(RunsPort(run_service), model_catalog, session_reader)

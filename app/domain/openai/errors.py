@@ -1,4 +1,4 @@
-"""Errors on /v1 in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`, with SPEC §3's statuses.
+"""Errors on /v1 in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`, with the same statuses as /api/v1.
 
 The official clients pick their exception class by status (400 BadRequestError, 401 AuthenticationError, 404
 NotFoundError, 409 ConflictError, 422 UnprocessableEntityError, 429 RateLimitError, >= 500 InternalServerError).
@@ -16,14 +16,14 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from msgspec import Struct
 
-from app.lib.problems import (
-    ApiError,
-    Problem,
+from app.lib.problems import ApiError, Problem
+from app.lib.problems.handlers import (
     api_error_handler,
     http_exception_handler,
     internal_error_handler,
     undecodable_request_handler,
 )
+from app.lib.request_limits import MAX_BODY_TEXT
 
 ERROR_SHAPE_OPT = "error_shape"
 OPENAI_SHAPE = "openai"
@@ -169,7 +169,7 @@ _DESCRIPTIONS = {
     401: "Missing, invalid or revoked API key (code invalid_api_key).",
     404: "No such model, response or session for this API key.",
     409: "The session already has an active run (code session_busy).",
-    413: "Request body over 1 MiB.",
+    413: f"Request body over {MAX_BODY_TEXT}.",
     422: "The agent backend refuses the request (e.g. a tool name).",
     429: "Rate limit exceeded; see Retry-After.",
     500: "The agent run failed (code agent_error); not to be retried (x-should-retry: false).",

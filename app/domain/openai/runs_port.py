@@ -1,4 +1,4 @@
-"""The one place the OpenAI-compatible API touches the runs domain: a response is a run (SPEC §7, §10)."""
+"""The one place the OpenAI-compatible API touches the runs domain: a response is a run."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from app.domain.openai.translate import (
     run_id_of,
 )
 from app.domain.runs.schemas import RunOptions
-from app.domain.sessions.services import SessionService
+from app.domain.sessions.reader import SessionReader
 from app.lib.problems import ApiError
 from app.lib.sse import PING_FRAME, SSEFrame
 
@@ -261,7 +261,7 @@ async def _frames(batches: AsyncIterator[list[SSEFrame] | None]) -> AsyncIterato
 
 
 class OpenAIService:
-    def __init__(self, port: RunsPort, catalog: ModelCatalog, sessions: SessionService) -> None:
+    def __init__(self, port: RunsPort, catalog: ModelCatalog, sessions: SessionReader) -> None:
         self.port = port
         self.catalog = catalog
         self.sessions = sessions
@@ -412,7 +412,7 @@ class OpenAIService:
         """What a retrieved response says besides its run (the request's own metadata is not kept yet)."""
         model = run.input.get("model")
         if not model:
-            model = (await self.sessions.get_session(run.session_id, owner_key_id)).model
+            model = (await self.sessions.get(run.session_id, owner_key_id)).model
         return ResponseMeta(model=str(model or ""), instructions=run.input.get("system_prompt"))
 
     async def retrieve(self, owner_key_id: UUID, run: PortRun) -> ResponseObject:

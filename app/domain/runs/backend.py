@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 
 from app.agents import get_backend
-from app.agents.base import AgentBackend, AgentRequest
+from app.agents.base import AgentBackend
 from app.agents.claude.config import ClaudeConfig
 from app.config.settings import Settings
 from app.domain.transcripts.store import PostgresSessionStore
@@ -37,15 +35,3 @@ def build_backend(settings: Settings, alchemy: SQLAlchemyAsyncConfig) -> AgentBa
         claude=claude_config(settings),
         session_store=PostgresSessionStore(alchemy),
     )
-
-
-def settings_check(backend: AgentBackend) -> Callable[[str | None, str | None], None]:
-    """The backend's own check of a session's `model` and `permission_mode` (raises `AgentRequestError`), so
-    creating or patching a session refuses what its runs would refuse."""
-
-    def check(model: str | None, permission_mode: str | None) -> None:
-        backend.validate(
-            AgentRequest(session_id="", run_id="", prompt="", model=model, permission_mode=permission_mode)
-        )
-
-    return check

@@ -3,18 +3,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar import Controller, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from msgspec import Meta, Struct
 
 from app.domain.idempotency import ATTACH_RUN_STATE, IDEMPOTENT_OPT, IdempotencyKey
-from app.domain.keys.auth import Principal
+from app.domain.keys.principal import AuthedRequest
 from app.domain.keys.rate_limit import RATE_LIMIT_GROUP_OPT, RUNS_GROUP
-from app.domain.runs.dependencies import provide_run_service
 from app.domain.runs.schemas import (
     AnswerDelivered,
     AnswerRequest,
@@ -27,11 +24,10 @@ from app.domain.runs.schemas import (
     RunStatus,
 )
 from app.domain.runs.services import STREAM_START, RunService, parse_after
+from app.lib.di import AppDependency
 from app.lib.logging import bind_session_from_path
 from app.lib.problems import problem_responses
 from app.lib.sse import encode_batches
-
-AuthedRequest = Request[Principal, Any, State]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DESCRIPTION = (
@@ -89,7 +85,6 @@ class RunController(Controller):
     path = "/api/v1"
     tags = ["Runs"]
     before_request = staticmethod(bind_session_from_path)
-    dependencies = {"run_service": Provide(provide_run_service, sync_to_thread=False)}
 
     @post(
         "/query",
@@ -101,7 +96,7 @@ class RunController(Controller):
     async def query(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         data: JSONBody[QueryRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> Stream:
@@ -118,7 +113,7 @@ class RunController(Controller):
     async def query_single(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         data: JSONBody[QueryRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> QueryResult:
@@ -137,7 +132,7 @@ class RunController(Controller):
     async def resume(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         session_id: FromPath[UUID],
         data: JSONBody[RunRequest],
         idempotency_key: IdempotencyKey = None,
@@ -156,7 +151,7 @@ class RunController(Controller):
     async def create_session_run(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         session_id: FromPath[UUID],
         data: JSONBody[RunRequest],
         idempotency_key: IdempotencyKey = None,
@@ -174,7 +169,7 @@ class RunController(Controller):
     async def create_run(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         data: JSONBody[QueryRequest],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[Run]:
@@ -189,7 +184,7 @@ class RunController(Controller):
     async def list_session_runs(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         session_id: FromPath[UUID],
         status: Annotated[
             list[RunStatus] | None,
@@ -214,7 +209,7 @@ class RunController(Controller):
     async def session_events(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         session_id: FromPath[UUID],
         last_event_id: LastEventId = None,
         after: After = None,
@@ -233,7 +228,7 @@ class RunController(Controller):
         responses=problem_responses(404, 409),
     )
     async def interrupt(
-        self, request: AuthedRequest, run_service: NamedDependency[RunService], session_id: FromPath[UUID]
+        self, request: AuthedRequest, run_service: AppDependency[RunService], session_id: FromPath[UUID]
     ) -> InterruptAccepted:
         run_id = await run_service.interrupt(request.user.key_id, session_id)
         return InterruptAccepted(status="interrupting", run_id=run_id)
@@ -253,7 +248,7 @@ class RunController(Controller):
     async def answer(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         session_id: FromPath[UUID],
         data: JSONBody[AnswerRequest],
     ) -> AnswerDelivered:
@@ -266,11 +261,10 @@ class RunResourceController(Controller):
 
     path = "/api/v1/runs"
     tags = ["Runs"]
-    dependencies = {"run_service": Provide(provide_run_service, sync_to_thread=False)}
 
     @get("/{run_id:uuid}", summary="Get a run", responses=problem_responses(404))
     async def get_run(
-        self, request: AuthedRequest, run_service: NamedDependency[RunService], run_id: FromPath[UUID]
+        self, request: AuthedRequest, run_service: AppDependency[RunService], run_id: FromPath[UUID]
     ) -> Run:
         return await run_service.get(request.user.key_id, run_id)
 
@@ -282,7 +276,7 @@ class RunResourceController(Controller):
     async def wait_run(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         run_id: FromPath[UUID],
         timeout: Annotated[
             float, QueryParameter(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait at most (0-300).")
@@ -298,7 +292,7 @@ class RunResourceController(Controller):
     async def run_events(
         self,
         request: AuthedRequest,
-        run_service: NamedDependency[RunService],
+        run_service: AppDependency[RunService],
         run_id: FromPath[UUID],
         last_event_id: LastEventId = None,
         after: After = None,
@@ -318,7 +312,7 @@ class RunResourceController(Controller):
         responses={202: ResponseSpec(Run, description="Interrupting the running run."), **problem_responses(404)},
     )
     async def cancel_run(
-        self, request: AuthedRequest, run_service: NamedDependency[RunService], run_id: FromPath[UUID]
+        self, request: AuthedRequest, run_service: AppDependency[RunService], run_id: FromPath[UUID]
     ) -> Response[Run]:
         run, interrupting = await run_service.cancel(request.user.key_id, run_id)
         return Response(run, status_code=202 if interrupting else 200)

@@ -54,3 +54,7 @@ def shutting_down() -> ApiError:
 
 def invalid_run_options(message: str) -> ApiError:
     return ApiError(422, "VALIDATION_ERROR", message, title="Invalid run options")
+
+
+def invalid_event_id(detail: str) -> ApiError:
+    return ApiError(400, "VALIDATION_ERROR", detail, title="Invalid event id")

@@ -22,9 +22,10 @@ from app.agents.base import AgentRun, AnswerOutcome
 from app.config.settings import RunSettings
 from app.domain.runs.recorder import EventRecorder, stream_fields
 from app.domain.runs.store import RunStore, RunTotals, StartedRun
-from app.domain.sessions.keys import active_key, events_key, interrupt_key
+from app.domain.sessions.valkey_keys import active_key, events_key, interrupt_key
 from app.lib import metrics
 from app.lib.logging import bind_log_context
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.control import SignalMarker
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.lease import RunLease
@@ -101,7 +102,7 @@ class LiveRun:
             answered = question_id or (self.open_questions[0] if self.open_questions else None)
             if answered in self.open_questions:
                 self.open_questions.remove(answered)
-            # The user's side of the conversation, as delivered (SPEC §3).
+            # The user's side of the conversation, as delivered: the prompt, then each answer.
             message: dict[str, Any] = {"role": "user", "content": [{"type": "text", "text": answer}]}
             message["question_id"] = answered
             message["uuid"] = str(uuid.uuid4())
@@ -151,9 +152,7 @@ class LiveRun:
             await self.agent.interrupt()
         if self.agent.interrupt_grace > 0 and not self.lease_lost:
             await asyncio.wait({consumer}, timeout=self.agent.interrupt_grace)
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await consumer
+        await cancel_and_wait(consumer)
         if self.lease_lost:
             self.recorder.add_now("error", self.outcome.fail(RUN_LOST["code"], RUN_LOST["message"]))
             return
@@ -293,9 +292,7 @@ class LiveRun:
                 logger.warning("run %s: heartbeat check failed", self.run_id, exc_info=True)
 
     async def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.wait({self._heartbeat})  # its end, without taking on its CancelledError
+        await cancel_and_wait(self._heartbeat)
 
     # -- the end -------------------------------------------------------------------------------------
 
@@ -305,7 +302,7 @@ class LiveRun:
         outcome = self.outcome
         # Every event is in the stream before the status says the run is over; the final commit and the last
         # events' trip to Postgres overlap (backpressure keeps that backlog small), and both precede `done`.
-        await self.recorder.drain_stream(timeout=120)
+        await self.recorder.wait_streamed(timeout=120)
         committed, _ = await asyncio.gather(
             self._retry(
                 "commit final status",
@@ -318,7 +315,7 @@ class LiveRun:
                     totals=outcome.totals,
                 ),
             ),
-            self.recorder.drain(timeout=120),
+            self.recorder.wait_persisted(timeout=120),
         )
         metrics.active_runs.dec()
         metrics.runs_total.labels(outcome.reason).inc()
@@ -344,7 +341,7 @@ class LiveRun:
         await self._retry("release lease", release)
         if self.interrupt_at is not None:
             metrics.interrupt_latency_seconds.observe(time.monotonic() - self.interrupt_at)
-        await self.recorder.drain(timeout=10)
+        await self.recorder.wait_persisted(timeout=10)
 
     async def _retry(self, what: str, action: Callable[[], Awaitable[bool]], attempts: int = 40) -> bool | None:
         """Retries an end-of-run write through a short outage; None when it never succeeded."""

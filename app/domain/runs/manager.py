@@ -12,17 +12,20 @@ import logging
 import time
 from uuid import UUID
 
+from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
+
 from app.agents.base import AgentBackend, AgentRequest, AgentRequestError, AnswerOutcome
 from app.config.settings import Settings
 from app.db.models import AgentSession
 from app.domain.runs import control
 from app.domain.runs.errors import invalid_run_options, shutting_down, valkey_unavailable
-from app.domain.runs.lease import LeaseValue, encode_lease
+from app.domain.runs.lease_value import LeaseValue, encode_lease
 from app.domain.runs.live import LiveRun
 from app.domain.runs.recorder import EventPersister, EventRecorder
 from app.domain.runs.schemas import IfBusy, RunOptions
 from app.domain.runs.store import RunStore, StartedRun, Submitted
-from app.domain.sessions.keys import active_key, events_key, interrupt_key
+from app.domain.sessions.valkey_keys import active_key, events_key, interrupt_key
 from app.lib import metrics
 from app.lib.logging import bind_log_context, log_context
 from app.lib.valkey.control import ControlChannel, SignalMarker
@@ -51,15 +54,16 @@ def agent_request(
     return AgentRequest(
         session_id=str(session_id) if session_id else "",
         run_id=str(run_id) if run_id else "",
+        # A member left out (UNSET) or sent as null means the same to the backend: not asked for.
         prompt=options.prompt,
         model=options.model or model,
         permission_mode=options.permission_mode or permission_mode,
         allowed_tools=list(options.allowed_tools or []),
         disallowed_tools=list(options.disallowed_tools or []),
-        max_turns=options.max_turns,
-        system_prompt=options.system_prompt,
-        output_format=options.output_format,
-        include_partial_messages=options.include_partial_messages,
+        max_turns=options.max_turns or None,
+        system_prompt=options.system_prompt if isinstance(options.system_prompt, str) else None,
+        output_format=options.output_format or None,
+        include_partial_messages=options.include_partial_messages is True,
         resume=resume,
         fork=fork,
     )
@@ -126,9 +130,19 @@ class RunManager:
         except AgentRequestError as exc:
             raise invalid_run_options(str(exc)) from exc
 
-    async def require_valkey(self) -> None:
+    def check_session_settings(self, model: str | None, permission_mode: str | None) -> None:
+        """The backend's check of a session's own `model` and `permission_mode` (raises `AgentRequestError`):
+        creating or patching a session refuses what its runs would refuse."""
+        self.backend.validate(
+            agent_request(
+                RunOptions(prompt=""), session_id=None, run_id=None, model=model, permission_mode=permission_mode
+            )
+        )
+
+    async def require_valkey(self, session_id: UUID) -> None:
+        """503 unless the session's Valkey (on a cluster: the shard of its `{<sid>}` slot) answers."""
         try:
-            await self.events.ping()
+            await self.events.ping(events_key(session_id))
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
@@ -147,7 +161,14 @@ class RunManager:
         session's queue (or, with if_busy=interrupt, the active run is interrupted so it goes next)."""
         if self.draining:
             raise shutting_down()
-        await self.require_valkey()
+        if new_session is not None:
+            if new_session.id is None:
+                new_session.id = UUID(str(uuid7()))  # now, not at the flush: its slot says which shard must answer
+            target = new_session.id
+        else:
+            assert session_id is not None  # one of the two, always (as in `RunStore.submit`)
+            target = session_id
+        await self.require_valkey(target)
         try:
             submitted = await self.store.submit(
                 owner_key_id,
@@ -164,7 +185,10 @@ class RunManager:
             await self._launch(submitted.started)
         else:
             if submitted.interrupt is not None:
-                await self.interrupt(submitted.session.id, submitted.interrupt)
+                active = submitted.session.active_run
+                await self.interrupt(
+                    submitted.session.id, submitted.interrupt, active.instance_id if active else self.instance_id
+                )
             if submitted.session.active_run is None:
                 # Queued behind a run that has just ended: nobody else may be about to start it.
                 await self.start_next(submitted.session.id)
@@ -247,27 +271,34 @@ class RunManager:
 
     # -- reaching a run wherever it runs -------------------------------------------------------------
 
-    async def interrupt(self, session_id: UUID, run_id: UUID) -> None:
+    # The owner is the run's `instance_id` (Postgres has it from the run's start): the message goes to that
+    # instance's control stream only.
+
+    async def interrupt(self, session_id: UUID, run_id: UUID, instance_id: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
             run.request_interrupt()
             return
         try:
-            await self.channel.publish(
+            await self.channel.send(
+                instance_id,
                 control.encode(control.Interrupt(session_id=session_id, run_id=run_id)),
                 marker=(interrupt_key(session_id), str(run_id), self.settings.runs.interrupt_ttl),
             )
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
 
-    async def answer(self, session_id: UUID, run_id: UUID, answer: str, question_id: str | None) -> str:
+    async def answer(
+        self, session_id: UUID, run_id: UUID, instance_id: str, answer: str, question_id: str | None
+    ) -> str:
         """ "delivered", "no_pending_question" or "not_running" (the owner did not answer in time)."""
         run = self.runs.get(run_id)
         if run is not None:
             return await run.answer(answer, question_id)
         reply_key = self.channel.reply_key(session_id)
         try:
-            await self.channel.publish(
+            await self.channel.send(
+                instance_id,
                 control.encode(
                     control.DeliverAnswer(
                         session_id=session_id,
@@ -276,7 +307,7 @@ class RunManager:
                         question_id=question_id,
                         reply_key=reply_key,
                     )
-                )
+                ),
             )
             raw = await self.channel.wait_reply(reply_key, self.settings.runs.answer_timeout)
         except VALKEY_ERRORS as exc:
@@ -284,15 +315,25 @@ class RunManager:
         reply = control.decode_reply(raw) if raw is not None else None
         return reply.outcome if reply is not None else "not_running"
 
-    async def set_permission_mode(self, session_id: UUID, run_id: UUID, mode: str) -> None:
+    async def set_permission_mode(self, session_id: UUID, run_id: UUID, instance_id: str, mode: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
             await run.set_permission_mode(mode)
             return
         with contextlib.suppress(*VALKEY_ERRORS):
-            await self.channel.publish(
-                control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode))
+            await self.channel.send(
+                instance_id,
+                control.encode(control.SetPermissionMode(session_id=session_id, run_id=run_id, permission_mode=mode)),
             )
+
+    async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:
+        """Inside the transaction that deletes the session: its queue goes with it."""
+        await self.store.cancel_queued_of_session(db, session_id)
+
+    async def forget_events(self, session_id: UUID) -> None:
+        """After the session is deleted: its live event stream goes (it expires on its own if this fails)."""
+        with contextlib.suppress(*VALKEY_ERRORS):
+            await self.events.delete(events_key(session_id), interrupt_key(session_id))
 
     async def on_control_message(self, raw: bytes) -> None:
         message = control.decode(raw)

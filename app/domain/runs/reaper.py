@@ -20,11 +20,12 @@ from uuid import UUID
 import msgspec
 
 from app.config.settings import Settings
-from app.domain.runs.lease import LeaseValue, encode_lease
+from app.domain.runs.lease_value import LeaseValue, encode_lease
 from app.domain.runs.manager import RunManager
 from app.domain.runs.recorder import persist_events, stream_fields
 from app.domain.runs.store import RunStore, RunTotals
-from app.domain.sessions.keys import active_key, events_key
+from app.domain.sessions.valkey_keys import active_key, events_key
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.presence import InstancePresence
 
@@ -55,10 +56,7 @@ class RunReaper:
         self._task = asyncio.create_task(self._loop(), name="run-reaper")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         interval = self.settings.runs.reaper_interval

@@ -120,7 +120,7 @@ class EventPersister:
                     continue
                 delay = 0.1
                 for recorder, count in taken:
-                    recorder.persisted(count)
+                    recorder.rows_written(count)
                     if not recorder.to_db:
                         self._dirty.pop(id(recorder), None)
 
@@ -189,7 +189,7 @@ class EventRecorder:
         self._db_idle.clear()
         self._persister.mark(self)
 
-    def persisted(self, count: int) -> None:
+    def rows_written(self, count: int) -> None:
         """The persister wrote the first `count` queued rows."""
         del self.to_db[:count]
         if self.pending < MAX_PENDING:
@@ -197,16 +197,16 @@ class EventRecorder:
         if not self.to_db:
             self._db_idle.set()
 
-    async def drain_stream(self, timeout: float = 30.0) -> None:
+    async def wait_streamed(self, timeout: float = 30.0) -> None:
         """Waits until every event added so far is in the stream (Postgres may still be behind)."""
         try:
             async with asyncio.timeout(timeout):
                 while self._to_stream or not self._stream_idle.is_set():
                     await self._stream_idle.wait()
         except TimeoutError:
-            logger.error("run %s: stream writer did not drain within %ss", self.run_id, timeout)
+            logger.error("run %s: stream writer did not catch up within %ss", self.run_id, timeout)
 
-    async def drain(self, timeout: float = 30.0) -> None:
+    async def wait_persisted(self, timeout: float = 30.0) -> None:
         """Waits until every event added so far is in the stream and in Postgres."""
         try:
             async with asyncio.timeout(timeout):
@@ -215,7 +215,7 @@ class EventRecorder:
                 while self.to_db or not self._db_idle.is_set():
                     await self._db_idle.wait()
         except TimeoutError:
-            logger.error("run %s: event writers did not drain within %ss", self.run_id, timeout)
+            logger.error("run %s: event writers did not catch up within %ss", self.run_id, timeout)
 
     async def aclose(self) -> None:
         for task in self._tasks:

@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
-from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode, Usage
+from app.domain.sessions.schemas import NO_NUL, ModelName, PermissionMode, Usage, check_json_value
 
 MAX_PROMPT_CHARS = 100_000
 
@@ -33,18 +33,23 @@ IF_BUSY_DESCRIPTION = (
 )
 
 
-class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """What the agent is asked to do; stored on the run as its `input`, as given."""
+class RunOptions(Struct, forbid_unknown_fields=True, kw_only=True):
+    """What the agent is asked to do; stored on the run as its `input`, as given: a member the client left out
+    stays out (UNSET), one it sent (even `null` or `false`) is kept."""
 
     prompt: Prompt
-    model: ModelName | None = None
-    permission_mode: PermissionMode | None = None
-    allowed_tools: ToolList | None = None
-    disallowed_tools: ToolList | None = None
-    max_turns: Annotated[int, Meta(ge=1, le=1000)] | None = None
-    system_prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)] | None = None
-    output_format: dict[str, Any] | None = None
-    include_partial_messages: bool = False
+    model: ModelName | UnsetType | None = UNSET
+    permission_mode: PermissionMode | UnsetType | None = UNSET
+    allowed_tools: ToolList | UnsetType | None = UNSET
+    disallowed_tools: ToolList | UnsetType | None = UNSET
+    max_turns: Annotated[int, Meta(ge=1, le=1000)] | UnsetType | None = UNSET
+    system_prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)] | UnsetType | None = UNSET
+    output_format: dict[str, Any] | UnsetType | None = UNSET
+    include_partial_messages: bool | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.output_format, dict):
+            check_json_value(self.output_format, "output_format")
 
 
 class RunRequest(RunOptions, forbid_unknown_fields=True, kw_only=True):
@@ -65,7 +70,7 @@ class QueryRequest(RunRequest, forbid_unknown_fields=True, kw_only=True):
 
 
 class Run(Struct, omit_defaults=False):
-    """One run of a session (SPEC §7), however it was started."""
+    """One run of a session, however it was started."""
 
     id: UUID
     session_id: UUID

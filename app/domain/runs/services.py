@@ -13,15 +13,15 @@ from uuid import UUID
 import msgspec
 
 from app.db.models import AgentSession
-from app.domain.runs.errors import no_pending_question, not_running, valkey_unavailable
+from app.domain.runs.errors import invalid_event_id, no_pending_question, not_running, valkey_unavailable
 from app.domain.runs.manager import RunManager
 from app.domain.runs.recorder import persist_events, stream_fields
 from app.domain.runs.schemas import IfBusy, QueryResult, Run, RunError, RunOptions, RunPage
 from app.domain.runs.store import RunStore, Submitted, is_ended
 from app.domain.runs.streams import EventFollower
-from app.domain.sessions.keys import events_key
 from app.domain.sessions.reader import SessionReader
-from app.domain.sessions.schemas import Usage
+from app.domain.sessions.schemas import ActiveRun, Usage
+from app.domain.sessions.valkey_keys import events_key
 from app.lib.problems import ApiError, is_valkey_unavailable
 from app.lib.sse import SSEFrame
 from app.lib.valkey.errors import VALKEY_ERRORS
@@ -38,10 +38,6 @@ WAIT_POLL_SECONDS = 0.25
 MAX_EVENT_ID_PART = 2**63 - 1
 
 FrameStream = AsyncIterator[list[SSEFrame] | None]
-
-
-def invalid_event_id(detail: str) -> ApiError:
-    return ApiError(400, "VALIDATION_ERROR", detail, title="Invalid event id")
 
 
 def parse_after(value: str | None) -> str:
@@ -78,8 +74,8 @@ class RunService:
             new_session = AgentSession(
                 owner_key_id=owner_key_id,
                 title=options.prompt[:SESSION_TITLE_CHARS],
-                model=options.model,
-                permission_mode=options.permission_mode,
+                model=options.model or None,
+                permission_mode=options.permission_mode or None,
                 tags=[],
                 meta={},
             )
@@ -162,7 +158,7 @@ class RunService:
 
     async def _open(self, run: Run, after: str) -> FrameStream:
         try:
-            await self.manager.require_valkey()
+            await self.manager.require_valkey(run.session_id)
         except ApiError:
             if not is_ended(run.status):
                 raise
@@ -182,17 +178,17 @@ class RunService:
 
     # -- reaching the running agent ------------------------------------------------------------------
 
-    async def _active_run_id(self, owner_key_id: UUID, session_id: UUID) -> UUID:
+    async def _active_run(self, owner_key_id: UUID, session_id: UUID) -> ActiveRun:
         session = await self.reader.get(session_id, owner_key_id)
         if session.active_run is None:
             raise not_running(session_id)
-        return session.active_run.run_id
+        return session.active_run
 
     async def interrupt(self, owner_key_id: UUID, session_id: UUID) -> UUID:
-        await self.manager.require_valkey()
-        run_id = await self._active_run_id(owner_key_id, session_id)
-        await self.manager.interrupt(session_id, run_id)
-        return run_id
+        await self.manager.require_valkey(session_id)
+        active = await self._active_run(owner_key_id, session_id)
+        await self.manager.interrupt(session_id, active.run_id, active.instance_id)
+        return active.run_id
 
     async def cancel(self, owner_key_id: UUID, run_id: UUID) -> tuple[Run, bool]:
         """(the run, whether it is being interrupted): queued → cancelled at once; running → interrupted;
@@ -204,8 +200,8 @@ class RunService:
                 return await self.store.get(owner_key_id, run_id), False
             run = await self.store.get(owner_key_id, run_id)  # it started (or ended) meanwhile
         if run.status == "running":
-            await self.manager.require_valkey()
-            await self.manager.interrupt(run.session_id, run.id)
+            await self.manager.require_valkey(run.session_id)
+            await self.manager.interrupt(run.session_id, run.id, run.instance_id or self.manager.instance_id)
             return run, True
         return run, False
 
@@ -227,10 +223,10 @@ class RunService:
             logger.warning("run %s: cancelled, but its stream could not be ended", run.id, exc_info=True)
 
     async def answer(self, owner_key_id: UUID, session_id: UUID, answer: str, question_id: str | None) -> None:
-        await self.manager.require_valkey()
-        run_id = await self._active_run_id(owner_key_id, session_id)
+        await self.manager.require_valkey(session_id)
+        active = await self._active_run(owner_key_id, session_id)
         try:
-            outcome = await self.manager.answer(session_id, run_id, answer, question_id)
+            outcome = await self.manager.answer(session_id, active.run_id, active.instance_id, answer, question_id)
         except VALKEY_ERRORS as exc:
             raise valkey_unavailable() from exc
         if outcome == "not_running":

@@ -24,8 +24,9 @@ from app.db.models.run import ENDED_STATUSES
 from app.domain.runs.errors import queue_full, run_not_found, session_busy
 from app.domain.runs.schemas import IfBusy, Run, RunError, RunOptions, RunPage
 from app.domain.sessions.cache import SessionCache
+from app.domain.sessions.errors import session_not_found
 from app.domain.sessions.schemas import Session
-from app.domain.sessions.services import session_not_found, to_schema
+from app.domain.sessions.services import to_schema
 
 MAX_QUEUED_RUNS = 100
 
@@ -106,6 +107,21 @@ def _resume_point(session: AgentSession) -> tuple[str | None, bool]:
     if session.agent_session_id is None and session.agent_fork_from:
         return session.agent_fork_from, True
     return session.agent_session_id, False
+
+
+def _started(session: AgentSession, run: AgentRun, options: RunOptions, now: datetime) -> StartedRun:
+    """The run `_mark_running` made the session's active one, as its start transaction hands it on."""
+    resume, fork = _resume_point(session)
+    return StartedRun(
+        run_id=run.id,
+        session_id=session.id,
+        owner_key_id=session.owner_key_id,
+        options=options,
+        session=to_schema(session),
+        resume=resume,
+        fork=fork,
+        started_at=now,
+    )
 
 
 @dataclass
@@ -262,7 +278,6 @@ class RunStore:
             interrupt: UUID | None = None
             if not busy:
                 _mark_running(session, run, options, instance_id, now)
-                resume, fork = _resume_point(session)
             elif if_busy == "reject":
                 raise session_busy(session.id)
             else:
@@ -275,16 +290,7 @@ class RunStore:
             db.add(run)
             await db.flush()
             if not busy:
-                started = StartedRun(
-                    run_id=run.id,
-                    session_id=session.id,
-                    owner_key_id=owner_key_id,
-                    options=options,
-                    session=to_schema(session),
-                    resume=resume,
-                    fork=fork,
-                    started_at=now,
-                )
+                started = _started(session, run, options, now)
                 await before_commit(started)
             await db.commit()
             position = None
@@ -319,18 +325,8 @@ class RunStore:
             options = msgspec.convert(run.input, RunOptions)
             _mark_running(session, run, options, instance_id, now)
             session.queued_runs = max(0, session.queued_runs - 1)
-            resume, fork = _resume_point(session)
             await db.flush()
-            started = StartedRun(
-                run_id=run.id,
-                session_id=session_id,
-                owner_key_id=session.owner_key_id,
-                options=options,
-                session=to_schema(session),
-                resume=resume,
-                fork=fork,
-                started_at=now,
-            )
+            started = _started(session, run, options, now)
             await before_commit(started)
             await db.commit()
         await self.cache.put(started.session, session.owner_key_id)
@@ -446,6 +442,21 @@ class RunStore:
             session.agent_fork_from = None
             await db.commit()
         await self.cache.put(to_schema(session), session.owner_key_id)
+
+    async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:
+        """Inside the caller's transaction (deleting the session): its queued runs never start, each told to the
+        hook (`run.cancelled`)."""
+        now = datetime.now(UTC)
+        cancelled = (
+            await db.execute(
+                update(AgentRun)
+                .where(AgentRun.session_id == session_id, AgentRun.status == "queued")
+                .values(status="cancelled", ended_at=now, updated_at=now)
+                .returning(AgentRun)
+            )
+        ).scalars()
+        for run in list(cancelled):
+            await tell(self.hook, db, run, "run.cancelled")
 
     async def cancel_queued(self, owner_key_id: UUID, run_id: UUID) -> bool:
         """queued → cancelled (it never starts); False when it was no longer queued."""

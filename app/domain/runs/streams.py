@@ -9,7 +9,6 @@ seconds without an event of this run (a queued run's stream pings until it start
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,13 +18,14 @@ import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import and_, or_, select
 
-from app.db.models import SessionEvent
-from app.domain.runs.lease import decode_lease
+from app.db.models import AgentSession, SessionEvent
+from app.domain.runs.lease_value import decode_lease
 from app.domain.runs.store import RunStore, is_ended
-from app.domain.sessions.keys import active_key, events_key
+from app.domain.sessions.valkey_keys import active_key, events_key
 from app.lib import metrics
 from app.lib.problems import is_database_unavailable, is_valkey_unavailable
 from app.lib.sse import SSEFrame
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.event_log import EventLog, LogEntry, parse_entry_id
 from app.lib.valkey.lease import RunLease
 
@@ -92,10 +92,7 @@ class EventFollower:
         finally:
             # Closing, or the client went away (this task is cancelled): the read must not outlive us.
             closed.cancel()
-            if not read.done():
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await read
+            await cancel_and_wait(read)
         if read.cancelled():
             return await self.events.read_after(key, last, count=READ_COUNT) or None
         return read.result()
@@ -187,10 +184,17 @@ class EventFollower:
                     return
             elif await self._has_done(session_id, run_id):
                 return  # the client already had the end
+            elif not await self._session_exists(session_id):
+                return  # deleted with its session: its events went with it and none will come
             if time.monotonic() > deadline:
                 logger.warning("run %s ended but its done never reached Postgres", run_id)
                 return
             await asyncio.sleep(0.05)
+
+    async def _session_exists(self, session_id: UUID) -> bool:
+        async with self.alchemy.get_session() as db:
+            found = (await db.execute(select(AgentSession.id).where(AgentSession.id == session_id))).first()
+        return found is not None
 
     async def _has_done(self, session_id: UUID, run_id: UUID) -> bool:
         async with self.alchemy.get_session() as db:

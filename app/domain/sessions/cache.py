@@ -8,8 +8,8 @@ from uuid import UUID
 
 import msgspec
 
-from app.domain.sessions.keys import session_key
 from app.domain.sessions.schemas import CachedSession, CachedSessionHeader, Session
+from app.domain.sessions.valkey_keys import session_key
 from app.lib import metrics
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.versioned_cache import VersionedCache
@@ -98,13 +98,6 @@ class SessionCache:
         """Set-if-newer, raising Valkey's errors (for callers that handle them)."""
         entry = CachedSession(**{f: getattr(session, f) for f in session.__struct_fields__}, owner_key_id=owner_key_id)
         await self._cache.set_if_newer(session_key(session.id), session.version, _encoder.encode(entry))
-
-    async def invalidate(self, session_id: UUID) -> None:
-        try:
-            await self._cache.invalidate(session_key(session_id))
-        except VALKEY_ERRORS:
-            logger.warning("session cache invalidation skipped: Valkey unavailable")
-            await self._missed(session_id, durable=True)
 
     async def tombstone(self, session_id: UUID) -> None:
         try:

@@ -1,17 +1,17 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
-from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
-from app.domain.keys.auth import Principal
-from app.domain.sessions.dependencies import provide_session_reader, provide_session_service
+from app.domain.keys.principal import AuthedRequest
+from app.domain.sessions.dependencies import provide_session_service
+from app.domain.sessions.errors import invalid_if_match
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import (
     MAX_TAGS,
@@ -25,10 +25,10 @@ from app.domain.sessions.schemas import (
     Tag,
 )
 from app.domain.sessions.services import SessionService
+from app.lib.di import AppDependency
 from app.lib.logging import bind_session_from_path
-from app.lib.problems import ApiError, problem_responses
+from app.lib.problems import problem_responses
 
-AuthedRequest = Request[Principal, Any, State]
 # Below Postgres's bigint (a larger OFFSET cannot even be sent to the database) and exact as a JSON number, so
 # the OpenAPI `maximum` means what the validator enforces (2**63 - 1 would be rounded up as a double).
 MAX_OFFSET = 2**53
@@ -62,19 +62,14 @@ def parse_if_match(value: str | None) -> frozenset[int] | None:
         match = _ENTITY_TAG.match(text, position)
         # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() then refuses.
         if match is None or not (match.group(1).isascii() and match.group(1).isdigit()):
-            raise ApiError(
-                400,
-                "VALIDATION_ERROR",
-                'If-Match must be "*" or a list of session versions such as "3" (or W/"3").',
-                title="Invalid If-Match",
-            )
+            raise invalid_if_match('If-Match must be "*" or a list of session versions such as "3" (or W/"3").')
         members += 1
         tag = match.group(1)
         if str(int(tag)) == tag:
             versions.add(int(tag))
         position = match.end()
     if members == 0:
-        raise ApiError(400, "VALIDATION_ERROR", "If-Match names no entity tag.", title="Invalid If-Match")
+        raise invalid_if_match("If-Match names no entity tag.")
     return frozenset(versions)
 
 
@@ -82,10 +77,7 @@ class SessionController(Controller):
     path = "/api/v1/sessions"
     tags = ["Sessions"]
     before_request = staticmethod(bind_session_from_path)
-    dependencies = {
-        "session_service": Provide(provide_session_service),
-        "session_reader": Provide(provide_session_reader, sync_to_thread=False),
-    }
+    dependencies = {"session_service": Provide(provide_session_service)}
 
     @post(
         "/", status_code=201, summary="Create a session", responses=problem_responses(422), opt={IDEMPOTENT_OPT: True}
@@ -123,7 +115,7 @@ class SessionController(Controller):
 
     @get("/{session_id:uuid}", summary="Get a session (cache-aside)", responses=problem_responses(404))
     async def get_session(
-        self, request: AuthedRequest, session_reader: NamedDependency[SessionReader], session_id: FromPath[UUID]
+        self, request: AuthedRequest, session_reader: AppDependency[SessionReader], session_id: FromPath[UUID]
     ) -> Response[Session]:
         return with_etag(await session_reader.get(session_id, request.user.key_id))
 

@@ -1,17 +1,16 @@
+"""Request-scoped providers of the sessions domain (the app-level objects they use come from
+`app.components.AppComponents.dependencies`)."""
+
 from __future__ import annotations
 
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.domain.sessions.reader import SessionReader
-from app.domain.sessions.services import SessionService
+from app.domain.sessions.services import SessionService, SessionServiceFactory
+from app.lib.di import AppDependency
 
 
-async def provide_session_service(db_session: NamedDependency[AsyncSession], state: State) -> SessionService:
-    return SessionService(session=db_session).bind(state["session_infra"])
-
-
-def provide_session_reader(state: State) -> SessionReader:
-    reader: SessionReader = state["session_reader"]
-    return reader
+async def provide_session_service(
+    db_session: NamedDependency[AsyncSession], session_services: AppDependency[SessionServiceFactory]
+) -> SessionService:
+    return session_services(db_session)

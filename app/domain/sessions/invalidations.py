@@ -16,7 +16,6 @@ per interval, continuing at once while full batches come back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from uuid import UUID
 
@@ -27,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from app.db.models import AgentSession, CacheInvalidation
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.services import to_schema
+from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.errors import VALKEY_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,7 @@ class InvalidationSweeper:
             self.task = asyncio.create_task(self.run(), name="cache-invalidation-sweeper")
 
     async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        await cancel_and_wait(self.task)
 
     async def run(self) -> None:
         while True:

@@ -28,20 +28,21 @@ Tags = Annotated[list[Tag], Meta(max_length=MAX_TAGS, description="At most 32 ta
 Metadata = Annotated[dict[str, Any], Meta(description="Free JSON object, at most 16 KiB as compact JSON.")]
 
 
-def _check_json_value(value: Any, depth: int) -> None:
+def check_json_value(value: Any, what: str, depth: int = 1) -> None:
+    """Free JSON that goes into a jsonb column: no U+0000 anywhere (jsonb refuses it), bounded nesting."""
     if depth > MAX_METADATA_DEPTH:
-        raise ValueError(f"metadata must not be nested more than {MAX_METADATA_DEPTH} levels deep")
+        raise ValueError(f"{what} must not be nested more than {MAX_METADATA_DEPTH} levels deep")
     if isinstance(value, str):
         if "\x00" in value:
-            raise ValueError("metadata strings must not contain U+0000")
+            raise ValueError(f"{what} strings must not contain U+0000")
     elif isinstance(value, dict):
         for key, item in value.items():
             if "\x00" in key:
-                raise ValueError("metadata keys must not contain U+0000")
-            _check_json_value(item, depth + 1)
+                raise ValueError(f"{what} keys must not contain U+0000")
+            check_json_value(item, what, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            _check_json_value(item, depth + 1)
+            check_json_value(item, what, depth + 1)
 
 
 def check_metadata(metadata: dict[str, Any] | UnsetType | None) -> None:
@@ -50,7 +51,7 @@ def check_metadata(metadata: dict[str, Any] | UnsetType | None) -> None:
         return
     if len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as compact JSON")
-    _check_json_value(metadata, 1)
+    check_json_value(metadata, "metadata")
 
 
 class Usage(Struct):

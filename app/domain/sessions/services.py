@@ -4,24 +4,32 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from msgspec import UNSET
-from sqlalchemy import delete, func, insert, literal, or_, select, update
+from sqlalchemy import delete, func, insert, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.agents.base import AgentRequestError
-from app.db.models import AgentRun, AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
-from app.domain.runs import control
-from app.domain.sessions.cache import MISS, SessionCache
-from app.domain.sessions.keys import events_key, interrupt_key, lock_key
+from app.db.models import AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
+from app.domain.sessions.cache import SessionCache
+from app.domain.sessions.errors import (
+    busy_for_delete,
+    changed_concurrently,
+    if_match_mismatch,
+    invalid_session_settings,
+    kept_changing,
+    session_locked,
+    session_not_found,
+)
 from app.domain.sessions.schemas import (
     ActiveRun,
     MessagePage,
@@ -32,42 +40,27 @@ from app.domain.sessions.schemas import (
     SessionUpdate,
     Usage,
 )
-from app.lib.problems import ApiError
-from app.lib.valkey.control import ControlChannel, SignalMarker
+from app.domain.sessions.valkey_keys import lock_key
 from app.lib.valkey.errors import VALKEY_ERRORS
-from app.lib.valkey.event_log import EventLog
-from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock, LockTimeoutError
 
 MAX_FENCED_RETRIES = 3
 
 
-@dataclass(frozen=True)
-class SessionInfra:
-    """The Valkey-side collaborators of session use cases, built once per app."""
+class SessionRuns(Protocol):
+    """What a session's use cases need of its runs (the runs domain's `RunManager` is the one implementation)."""
 
-    cache: SessionCache
-    lock: DistributedLock
-    lease: RunLease
-    events: EventLog
-    control: ControlChannel
-    markers: SignalMarker
-    # The agent backend's check of a session's model and permission mode (raises `AgentRequestError`): a
-    # session never stores settings its runs would refuse. The default accepts everything.
-    check_agent_settings: Callable[[str | None, str | None], None] = lambda _model, _mode: None
-    # Told of runs cancelled with their session (see `RunStore`'s hook); None: nobody listens.
-    run_event_hook: Any = None
+    def check_session_settings(self, model: str | None, permission_mode: str | None) -> None:
+        """Raises `AgentRequestError` when runs would refuse these session settings."""
 
+    async def set_permission_mode(self, session_id: UUID, run_id: UUID, instance_id: str, mode: str) -> None:
+        """Applies a new permission mode to the live run on `instance_id`, its owner (best effort)."""
 
-def check_agent_settings(infra: SessionInfra, model: str | None, permission_mode: str | None) -> None:
-    try:
-        infra.check_agent_settings(model, permission_mode)
-    except AgentRequestError as exc:
-        raise ApiError(422, "VALIDATION_ERROR", str(exc), title="Invalid session settings") from exc
+    async def cancel_queued_of_session(self, db: AsyncSession, session_id: UUID) -> None:
+        """Inside the caller's transaction: the session's queued runs never start."""
 
-
-def session_not_found(session_id: UUID) -> ApiError:
-    return ApiError(404, "SESSION_NOT_FOUND", f"Session {session_id} does not exist.", title="Session not found")
+    async def forget_events(self, session_id: UUID) -> None:
+        """The session's live event stream goes (best effort: it expires on its own)."""
 
 
 def to_schema(row: AgentSession) -> Session:
@@ -97,38 +90,26 @@ def to_schema(row: AgentSession) -> Session:
     )
 
 
-async def cancel_queued_runs(db: Any, session_id: UUID, hook: Any = None) -> None:
-    """Inside the caller's transaction (deleting the session): its queued runs never start. `hook` is the
-    runs' event hook (`run.cancelled` for each)."""
-    now = datetime.now(UTC)
-    cancelled = (
-        await db.execute(
-            update(AgentRun)
-            .where(AgentRun.session_id == session_id, AgentRun.status == "queued")
-            .values(status="cancelled", ended_at=now, updated_at=now)
-            .returning(AgentRun)
-        )
-    ).scalars()
-    if hook is not None:
-        for run in list(cancelled):
-            await hook(db, run, "run.cancelled")
-
-
 class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     class Repository(SQLAlchemyAsyncRepository[AgentSession]):
         model_type = AgentSession
 
     repository_type = Repository
 
-    infra: SessionInfra
-    cache: SessionCache
-    lock: DistributedLock
+    def __init__(
+        self, session: AsyncSession, *, cache: SessionCache, lock: DistributedLock, runs: SessionRuns, **kwargs: Any
+    ) -> None:
+        super().__init__(session=session, **kwargs)
+        self.cache = cache
+        self.lock = lock
+        self.runs = runs
 
-    def bind(self, infra: SessionInfra) -> SessionService:
-        self.infra = infra
-        self.cache = infra.cache
-        self.lock = infra.lock
-        return self
+    def check_agent_settings(self, model: str | None, permission_mode: str | None) -> None:
+        """A session never stores settings its runs would refuse."""
+        try:
+            self.runs.check_session_settings(model, permission_mode)
+        except AgentRequestError as exc:
+            raise invalid_session_settings(str(exc)) from exc
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -147,15 +128,6 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         if row is None:
             raise session_not_found(session_id)
         return row
-
-    async def get_session(self, session_id: UUID, owner_key_id: UUID) -> Session:
-        cached = await self.cache.get(session_id, owner_key_id)
-        if cached is None:
-            raise session_not_found(session_id)
-        if cached is not MISS:
-            assert isinstance(cached, Session)
-            return cached
-        return await self.load_and_cache(session_id, owner_key_id)
 
     async def load_and_cache(self, session_id: UUID, owner_key_id: UUID) -> Session:
         """A cache miss: read Postgres and re-cache (set-if-newer, so a racing writer always wins)."""
@@ -182,7 +154,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         return SessionPage(items=[to_schema(r) for r in rows], total=total, limit=limit, offset=offset)
 
     async def list_messages(self, session_id: UUID, owner_key_id: UUID, *, limit: int, offset: int) -> MessagePage:
-        await self.get_session(session_id, owner_key_id)
+        await self.load_owned(session_id, owner_key_id)  # 404 unless it is the caller's
         db = self.repository.session
         total = (
             await db.execute(
@@ -207,7 +179,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     # -- writes ------------------------------------------------------------------------------------
 
     async def create_session(self, owner_key_id: UUID, data: SessionCreate) -> Session:
-        check_agent_settings(self.infra, data.model, data.permission_mode)
+        self.check_agent_settings(data.model, data.permission_mode)
         db = self.repository.session
         if not db.in_transaction():
             # One INSERT is atomic on its own: without BEGIN and COMMIT it is one round trip instead of three.
@@ -250,24 +222,13 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             try:
                 token = await self.lock.acquire(key)
             except LockTimeoutError as exc:
-                raise ApiError(
-                    409,
-                    "SESSION_LOCKED",
-                    "The session is locked by another writer; try again.",
-                    headers={"Retry-After": "1"},
-                ) from exc
+                raise session_locked() from exc
             except VALKEY_ERRORS:
                 token = None
             try:
                 row = await self.load_owned(session_id, owner_key_id, for_update=True)
                 if expected_versions is not None and row.version not in expected_versions:
-                    sent = ", ".join(f'"{v}"' for v in sorted(expected_versions)) or "(no session version)"
-                    raise ApiError(
-                        412,
-                        "VERSION_CONFLICT",
-                        f'If-Match {sent} does not match the current version "{row.version}".',
-                        title="Version conflict",
-                    )
+                    raise if_match_mismatch(expected_versions, row.version)
                 result = mutate(row)
                 if result is not None:
                     await result
@@ -276,9 +237,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 except StaleDataError:
                     await self.repository.session.rollback()
                     if expected_versions is not None:
-                        raise ApiError(
-                            412, "VERSION_CONFLICT", "The session changed concurrently.", title="Version conflict"
-                        ) from None
+                        raise changed_concurrently() from None
                     continue
                 # The next writer may go as soon as this version is committed: the cache write is set-if-newer,
                 # so it cannot overwrite that writer's newer version, and it need not hold the lock.
@@ -293,9 +252,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 if token is not None:
                     with contextlib.suppress(*VALKEY_ERRORS):
                         await self.lock.release(key, token)
-        raise ApiError(
-            409, "VERSION_CONFLICT", "The session kept changing concurrently; try again.", title="Version conflict"
-        )
+        raise kept_changing()
 
     async def update_session(
         self,
@@ -307,7 +264,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     ) -> Session:
         model = data.model if data.model is not UNSET else None
         permission_mode = data.permission_mode if data.permission_mode is not UNSET else None
-        check_agent_settings(self.infra, model, permission_mode)
+        self.check_agent_settings(model, permission_mode)
 
         def mutate(row: AgentSession) -> None:
             if data.title is not UNSET:
@@ -323,23 +280,18 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
 
         session = await self.update_fenced(session_id, owner_key_id, mutate, expected_versions=expected_versions)
         if data.permission_mode is not UNSET and data.permission_mode and session.active_run is not None:
-            # The instance running the agent applies it live (its run manager handles the message).
-            message = control.SetPermissionMode(
-                session_id=session_id, run_id=session.active_run.run_id, permission_mode=data.permission_mode
-            )
-            with contextlib.suppress(*VALKEY_ERRORS):
-                await self.infra.control.publish(control.encode(message))
+            # The instance running the agent applies it live (the message goes to that instance's control stream).
+            active = session.active_run
+            await self.runs.set_permission_mode(session_id, active.run_id, active.instance_id, data.permission_mode)
         return session
 
     async def delete_session(self, session_id: UUID, owner_key_id: UUID) -> None:
         # Postgres says whether a run is active (runs start fenced on this row), so the row lock decides.
         row = await self.load_owned(session_id, owner_key_id, for_update=True)
         if row.active_run_id is not None:
-            raise ApiError(
-                409, "SESSION_BUSY", "The session has an active run; interrupt it first.", title="Session busy"
-            )
+            raise busy_for_delete()
         db = self.repository.session
-        await cancel_queued_runs(db, session_id, self.infra.run_event_hook)
+        await self.runs.cancel_queued_of_session(db, session_id)
         await db.execute(delete(AgentSession).where(AgentSession.id == session_id))
         # The agent transcripts this session used go too: its own, and the one it was forked from (kept when its
         # parent was deleted first, for this fork's first run) — each unless another session still needs it.
@@ -357,9 +309,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             )
         await db.commit()
         await self.cache.tombstone(session_id)
-        # The stream expires on its own if this fails; the session row is gone, so nothing serves it.
-        with contextlib.suppress(*VALKEY_ERRORS):
-            await self.infra.events.delete(events_key(session_id), interrupt_key(session_id))
+        await self.runs.forget_events(session_id)
 
     async def fork_session(self, session_id: UUID, owner_key_id: UUID, title: str | None) -> Session:
         parent = await self.load_owned(session_id, owner_key_id)
@@ -413,3 +363,22 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         session = to_schema(child)
         await self.cache.put(session, owner_key_id)
         return session
+
+
+@dataclass(frozen=True)
+class SessionServiceFactory:
+    """The one place a `SessionService` is made: each gets its collaborators at construction."""
+
+    alchemy: SQLAlchemyAsyncConfig
+    cache: SessionCache
+    lock: DistributedLock
+    runs: SessionRuns
+
+    def __call__(self, db: AsyncSession) -> SessionService:
+        return SessionService(session=db, cache=self.cache, lock=self.lock, runs=self.runs)
+
+    @contextlib.asynccontextmanager
+    async def new(self) -> AsyncIterator[SessionService]:
+        """A service on a database session of its own (outside a request)."""
+        async with self.alchemy.get_session() as db:
+            yield self(db)

@@ -10,7 +10,6 @@ exists (e.g. every replica of a rolling deploy) skip, since the cache is shared.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -18,19 +17,20 @@ from typing import Literal
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import Select, func, select
-from valkey.asyncio import Valkey
 
 from app.db.models import AgentSession
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.services import to_schema
 from app.lib import metrics
+from app.lib.tasks import cancel_and_wait
+from app.lib.valkey.client import ValkeyClient
 from app.lib.valkey.errors import VALKEY_ERRORS
-from app.lib.valkey.keys import global_key
+from app.lib.valkey.keys import scoped_key
 from app.lib.valkey.timeouts import bounded
 
 logger = logging.getLogger(__name__)
 
-WARM_MARKER_KEY = global_key("cache-warm")
+WARM_MARKER_KEY = scoped_key("cache-warm", "marker")
 WARM_MARKER_TTL = 60
 BATCH = 50
 
@@ -46,7 +46,7 @@ class CacheWarmer:
         self,
         cache: SessionCache,
         alchemy: SQLAlchemyAsyncConfig,
-        client: Valkey,
+        client: ValkeyClient,
         *,
         count: int,
         timeout: float,
@@ -65,10 +65,7 @@ class CacheWarmer:
             self.task = asyncio.create_task(self.run(), name="cache-warming")
 
     async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        await cancel_and_wait(self.task)
 
     async def run(self) -> int:
         """Warms the cache; returns how many sessions it wrote. Never raises (startup must not fail on it)."""

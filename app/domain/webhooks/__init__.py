@@ -1,1 +1,1 @@
-"""Webhooks (SPEC §9): endpoints per API key, a durable Postgres outbox of run events, signed deliveries."""
+"""Webhooks: endpoints per API key, a durable Postgres outbox of run events, signed deliveries."""

@@ -3,13 +3,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from app.domain.keys.auth import Principal
+from app.config.settings import Settings
+from app.domain.keys.principal import AuthedRequest
 from app.domain.webhooks.dependencies import provide_webhook_service
 from app.domain.webhooks.schemas import (
     MAX_ENDPOINTS_PER_KEY,
@@ -20,9 +20,9 @@ from app.domain.webhooks.schemas import (
     WebhookEndpointPage,
 )
 from app.domain.webhooks.services import WebhookEndpointService
+from app.lib.di import AppDependency
 from app.lib.problems import PROBLEM_JSON, Problem, problem_responses
 
-AuthedRequest = Request[Principal, Any, State]
 MAX_OFFSET = 2**53
 
 
@@ -59,11 +59,11 @@ class WebhookEndpointController(Controller):
     async def create_endpoint(
         self,
         request: AuthedRequest,
-        state: State,
+        settings: AppDependency[Settings],
         webhook_service: NamedDependency[WebhookEndpointService],
         data: JSONBody[WebhookEndpointCreate],
     ) -> WebhookEndpointCreated:
-        allow_private = state["settings"].webhooks.allow_private_networks
+        allow_private = settings.webhooks.allow_private_networks
         return await webhook_service.create_endpoint(request.user.key_id, data, allow_private=allow_private)
 
     @get("/", summary="List webhook endpoints, newest first", responses=responses())

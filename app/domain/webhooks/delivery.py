@@ -33,6 +33,7 @@ from app.domain.webhooks import ssrf
 from app.domain.webhooks.outbox import NOTIFY_CHANNEL
 from app.domain.webhooks.signing import signed_headers
 from app.lib import metrics
+from app.lib.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +190,7 @@ class WebhookDispatcher:
     async def stop(self) -> None:
         """Stops claiming, gives attempts in flight their timeout to finish, then releases what is left."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=self.cfg.timeout + 1)
         leftovers = dict(self._inflight)

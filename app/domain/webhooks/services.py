@@ -16,6 +16,7 @@ from app.db.models import ApiKey
 from app.db.models import WebhookDelivery as DeliveryRow
 from app.db.models import WebhookEndpoint as EndpointRow
 from app.domain.webhooks import ssrf
+from app.domain.webhooks.errors import endpoint_limit_reached, endpoint_not_found, invalid_url, url_refused
 from app.domain.webhooks.schemas import (
     EVENT_TYPES,
     MAX_ENDPOINTS_PER_KEY,
@@ -27,18 +28,8 @@ from app.domain.webhooks.schemas import (
     WebhookEndpointPage,
 )
 from app.domain.webhooks.signing import new_secret
-from app.lib.problems import ApiError
 
-URL_REFUSED = "WEBHOOK_URL_REFUSED"
 DNS_TIMEOUT = 5.0
-LIMIT_REACHED = "WEBHOOK_ENDPOINT_LIMIT"
-NOT_FOUND = "WEBHOOK_ENDPOINT_NOT_FOUND"
-
-
-def endpoint_not_found(endpoint_id: UUID) -> ApiError:
-    return ApiError(
-        404, NOT_FOUND, f"Webhook endpoint {endpoint_id} does not exist.", title="Webhook endpoint not found"
-    )
 
 
 def to_schema(row: EndpointRow) -> WebhookEndpoint:
@@ -70,13 +61,11 @@ async def check_url(raw: str, *, allow_private: bool) -> str:
         async with asyncio.timeout(DNS_TIMEOUT):
             await ssrf.check_addresses(url, allow_private=allow_private)
     except TimeoutError as exc:
-        raise ApiError(
-            422, URL_REFUSED, f"url: the host did not resolve within {DNS_TIMEOUT:g} s", title="Webhook URL refused"
-        ) from exc
+        raise url_refused(f"the host did not resolve within {DNS_TIMEOUT:g} s") from exc
     except ssrf.InvalidWebhookUrl as exc:
-        raise ApiError(400, "VALIDATION_ERROR", f"url: {exc}", title="Invalid webhook URL") from exc
+        raise invalid_url(exc) from exc
     except ssrf.RefusedWebhookUrl as exc:
-        raise ApiError(422, URL_REFUSED, f"url: {exc}", title="Webhook URL refused") from exc
+        raise url_refused(exc) from exc
     return str(url)
 
 
@@ -101,12 +90,7 @@ class WebhookEndpointService(SQLAlchemyAsyncRepositoryService[EndpointRow]):
         ).scalar_one()
         if count >= MAX_ENDPOINTS_PER_KEY:
             await db.rollback()
-            raise ApiError(
-                409,
-                LIMIT_REACHED,
-                f"An API key may have at most {MAX_ENDPOINTS_PER_KEY} webhook endpoints; delete one first.",
-                title="Webhook endpoint limit reached",
-            )
+            raise endpoint_limit_reached(MAX_ENDPOINTS_PER_KEY)
         row = EndpointRow(owner_key_id=owner_key_id, url=url, events=events, secret=new_secret())
         db.add(row)
         await db.flush()

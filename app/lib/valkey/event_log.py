@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from valkey.asyncio import Valkey
-
+from app.lib.valkey.client import ValkeyClient, register_script
 from app.lib.valkey.timeouts import bounded
 
 # Every entry of a batch in one script call on the stream's key (one slot), its values concatenated into one
@@ -50,19 +49,25 @@ def parse_entry_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+# Empty the stream but keep the key (atomic, one key: a script, as a cluster has no MULTI across a pipeline).
+_RESET = """
+redis.call('xtrim', KEYS[1], 'MAXLEN', 0)
+redis.call('persist', KEYS[1])
+return 1
+"""
+
+
 class EventLog:
-    def __init__(self, client: Valkey, blocking_client: Valkey) -> None:
+    def __init__(self, client: ValkeyClient, blocking_client: ValkeyClient) -> None:
         self._client = client
         self._blocking = blocking_client
-        self._append_many = client.register_script(_APPEND_MANY)
+        self._append_many = register_script(client, _APPEND_MANY)
+        self._reset = register_script(client, _RESET)
 
     async def reset(self, key: str) -> None:
         """Empties the stream but keeps the key, so new ids still grow past the old ones; no TTL while live."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.xtrim(key, maxlen=0, approximate=False)
-        pipe.persist(key)
         async with bounded():
-            await pipe.execute()
+            await self._reset(keys=[key])
 
     async def append_many(self, key: str, entries: Sequence[dict[str, str | bytes]]) -> list[str]:
         """XADDs every entry in one round trip (one script call); returns their ids in order. Entries of one
@@ -79,10 +84,6 @@ class EventLog:
         async with bounded():
             ids = await self._append_many(keys=[key], args=[lengths, b"".join(values), *names])
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-    async def exists(self, key: str) -> bool:
-        async with bounded():
-            return bool(await self._client.exists(key))
 
     async def delete(self, *keys: str) -> None:
         async with bounded():
@@ -116,7 +117,11 @@ class EventLog:
         eid = items[0][0]
         return eid.decode() if isinstance(eid, bytes) else str(eid)
 
-    async def ping(self) -> None:
-        """Raises if Valkey is unreachable (callers that must not proceed without it check first)."""
+    async def ping(self, key: str | None = None) -> None:
+        """Raises if Valkey is unreachable (callers that must not proceed without it check first). With `key`, the
+        node that serves its slot is asked (one EXISTS): on a cluster, one shard down does not fail the others."""
         async with bounded():
-            await self._client.ping()
+            if key is None:
+                await self._client.ping()
+            else:
+                await self._client.exists(key)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from valkey.asyncio import Valkey
-
+from app.lib.valkey.client import ValkeyClient, register_script
 from app.lib.valkey.timeouts import bounded
 
 # Renew if we still own it; re-take it if it vanished (Valkey flushed or restarted) so a live run keeps
@@ -32,12 +31,12 @@ return {released, id}
 
 
 class RunLease:
-    def __init__(self, client: Valkey, *, ttl_ms: int) -> None:
+    def __init__(self, client: ValkeyClient, *, ttl_ms: int) -> None:
         self._client = client
         self.ttl_ms = ttl_ms
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._release_with_entry = client.register_script(_RELEASE_WITH_ENTRY)
+        self._renew = register_script(client, _RENEW)
+        self._release = register_script(client, _RELEASE)
+        self._release_with_entry = register_script(client, _RELEASE_WITH_ENTRY)
 
     async def acquire(self, key: str, token: bytes) -> bool:
         """`token` is the lease value itself (e.g. the JSON `{run_id, instance_id, started_at}`)."""
@@ -55,10 +54,15 @@ class RunLease:
         return value
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """One GET per key in one pipeline, not MGET: the keys are in many slots (one per session), and a cluster
+        pipeline sends each node its own GETs (in parallel), where a cross-slot MGET would be refused."""
         if not keys:
             return []
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
         async with bounded():
-            values: list[bytes | None] = await self._client.mget(keys)
+            values: list[bytes | None] = await pipe.execute()
         return values
 
     async def renew(self, key: str, token: bytes) -> bool:

@@ -14,8 +14,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from valkey.asyncio import Valkey
-
+from app.lib.valkey.client import ValkeyClient, register_script
 from app.lib.valkey.timeouts import bounded
 
 _RELEASE = """
@@ -42,9 +41,9 @@ def wake_key(key: str) -> str:
 class DistributedLock:
     def __init__(
         self,
-        client: Valkey,
+        client: ValkeyClient,
         *,
-        blocking: Valkey | None = None,
+        blocking: ValkeyClient | None = None,
         ttl_ms: int = 5000,
         timeout: float = 5.0,
         poll: float = 0.2,
@@ -57,7 +56,7 @@ class DistributedLock:
         self.ttl_ms = ttl_ms
         self.timeout = timeout
         self.poll = poll
-        self._release = client.register_script(_RELEASE)
+        self._release = register_script(client, _RELEASE)
         self._observe = observe or (lambda outcome, waited: None)
 
     async def acquire(self, key: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import libvalkey
@@ -16,6 +17,14 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError
 
 _MAX_BUFFERED = 1 << 20
+
+
+class KeyGetter(Protocol):
+    """A GET for the hot path: `PipelinedGetter` on one node, `ClusterPipelinedGetter` on a cluster."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _command(*parts: bytes) -> bytes:

@@ -1,13 +1,14 @@
-"""`ValkeyPlugin`: owns the shared Valkey clients, exposes them through DI and a Litestar store."""
+"""`ValkeyPlugin`: owns the shared Valkey clients for the app's life (they reach handlers through `AppComponents`)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from litestar import Litestar
 from litestar.config.app import AppConfig
-from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
-from valkey.asyncio import Valkey
 
 from app.lib.valkey.client import ValkeyClients
 
@@ -18,6 +19,8 @@ class ValkeyPluginConfig:
     socket_timeout: float = 2.0
     connect_timeout: float = 1.0
     max_connections: int = 2000
+    cluster: bool = False
+    """`url` names one node of a Valkey Cluster (SPEC §11)."""
 
 
 class ValkeyPlugin(InitPluginProtocol):
@@ -30,13 +33,17 @@ class ValkeyPlugin(InitPluginProtocol):
             socket_timeout=config.socket_timeout,
             connect_timeout=config.connect_timeout,
             max_connections=config.max_connections,
+            cluster=config.cluster,
         )
 
-    def provide_valkey(self) -> Valkey:
-        return self.clients.main
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.clients.aclose()
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.dependencies["valkey"] = Provide(self.provide_valkey, sync_to_thread=False)
-        app_config.state["valkey_clients"] = self.clients
-        app_config.on_shutdown.append(self.clients.aclose)
+        # Left after the lifespans registered later (the app's own): they still use the clients on the way out.
+        app_config.lifespan.append(self.lifespan)
         return app_config

@@ -8,8 +8,7 @@ import asyncio
 import contextlib
 import logging
 
-from valkey.asyncio import Valkey
-
+from app.lib.valkey.client import ValkeyClient
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.keys import scoped_key
 from app.lib.valkey.timeouts import bounded
@@ -23,7 +22,7 @@ def presence_key(instance_id: str) -> str:
 
 
 class InstancePresence:
-    def __init__(self, client: Valkey, instance_id: str, *, ttl: float, interval: float) -> None:
+    def __init__(self, client: ValkeyClient, instance_id: str, *, ttl: float, interval: float) -> None:
         self._client = client
         self.instance_id = instance_id
         self.ttl_ms = max(1, int(ttl * 1000))

@@ -6,9 +6,8 @@ unbeatable version for a while, so a reader that loaded the row just before the 
 
 from __future__ import annotations
 
-from valkey.asyncio import Valkey
-
-from app.lib.valkey.pipelined_get import PipelinedGetter
+from app.lib.valkey.client import ValkeyClient, register_script
+from app.lib.valkey.pipelined_get import KeyGetter
 from app.lib.valkey.timeouts import bounded
 
 TOMBSTONE = b'{"version":9007199254740991,"deleted":true}'
@@ -29,13 +28,13 @@ return 1
 
 class VersionedCache:
     def __init__(
-        self, client: Valkey, *, ttl: int, tombstone_ttl: int = 300, getter: PipelinedGetter | None = None
+        self, client: ValkeyClient, *, ttl: int, tombstone_ttl: int = 300, getter: KeyGetter | None = None
     ) -> None:
         self._client = client
         self._getter = getter
         self.ttl = ttl
         self.tombstone_ttl = tombstone_ttl
-        self._set_if_newer = client.register_script(_SET_IF_NEWER)
+        self._set_if_newer = register_script(client, _SET_IF_NEWER)
 
     async def get(self, key: str) -> bytes | None:
         async with bounded():

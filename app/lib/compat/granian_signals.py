@@ -19,6 +19,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.lib.compat import require_tested
+
 logger = logging.getLogger(__name__)
 
 Drain = Callable[[], Awaitable[None]]
@@ -38,6 +40,7 @@ def drain_before_worker_stop(drain: Drain) -> bool:
         from granian import _signals
     except ImportError:
         return False
+    require_tested("granian", __name__)
     original = getattr(_signals, "set_loop_signals", None)
     worker_signal = getattr(_signals, "WorkerSignal", None)
     if original is None or worker_signal is None:

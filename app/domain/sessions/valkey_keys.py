@@ -1,12 +1,11 @@
-"""Valkey key names of one session (SPEC §5). The `{<sid>}` hash tag keeps them in one cluster slot."""
+"""Valkey key names of one session (`agentapi:{<sid>}:<name>`, the names operators see).
+The `{<sid>}` hash tag keeps them in one cluster slot."""
 
 from __future__ import annotations
 
 from uuid import UUID
 
-from app.lib.valkey.keys import global_key, scoped_key
-
-CONTROL_CHANNEL = global_key("control")
+from app.lib.valkey.keys import scoped_key
 
 
 def session_key(session_id: UUID | str) -> str:

@@ -10,7 +10,7 @@ import click
 
 from app.config.settings import get_settings
 from app.domain.keys.hashing import generate_key
-from app.lib.embedded import EmbeddedValkey, embedded_postgres_url
+from app.lib.embedded_servers import EmbeddedValkey, embedded_postgres_url
 
 
 def prepare_environment(command: str) -> None:
@@ -25,6 +25,7 @@ def prepare_environment(command: str) -> None:
     if command == "run" and not settings.valkey.url:
         valkey = EmbeddedValkey(data_dir / "valkey")
         os.environ["VALKEY_URL"] = valkey.start()
+        os.environ["VALKEY_CLUSTER"] = "false"  # the embedded Valkey is one node, whatever the environment said
         atexit.register(valkey.stop)
         started.append(f"Valkey (embedded, {os.environ['VALKEY_URL']})")
     if command == "run" and not settings.api_key_is_set():

@@ -1,4 +1,5 @@
-"""The run lease value stored at `agentapi:{<sid>}:active` (SPEC §5)."""
+"""The run lease value stored at `agentapi:{<sid>}:active`: which run holds the session, on which instance,
+since when."""
 
 from __future__ import annotations
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 
+from app.lib.compat import require_tested
+
 
 def fix_options_allow(app: Litestar) -> int:
     """Rebinds the automatic OPTIONS handlers of `app`; returns how many were stale."""
+    require_tested("litestar", __name__)
     fixed = 0
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
