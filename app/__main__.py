@@ -6,12 +6,29 @@ import math
 import os
 import sys
 
+HELP_FLAGS = frozenset({"--help", "-h"})
+# Commands that talk to PostgreSQL (and `run`, to Valkey too); the groups among them only with a subcommand.
+SERVER_COMMANDS = frozenset({"run", "database", "db", "keys"})
+SERVER_GROUPS = frozenset({"database", "db", "keys"})
+
 
 def _command(argv: list[str]) -> str | None:
     for arg in argv:
         if not arg.startswith("-"):
             return arg
     return None
+
+
+def needs_servers(argv: list[str]) -> bool:
+    """Whether the command line runs something that needs PostgreSQL/Valkey: not `--help` anywhere, not a
+    group without its subcommand (which only prints the group's help), not `version`, `routes`, ..."""
+    command = _command(argv)
+    if command not in SERVER_COMMANDS or HELP_FLAGS.intersection(argv):
+        return False
+    if command in SERVER_GROUPS:
+        rest = argv[argv.index(command) + 1 :]
+        return _command(rest) is not None
+    return True
 
 
 def worker_kill_timeout() -> int:
@@ -35,12 +52,12 @@ def run_cli() -> None:
         from app.lib.logging import log_to_stderr
 
         log_to_stderr()
-    if command == "run":
+    if command == "run" and needs_servers(sys.argv[1:]):
         os.environ.setdefault("GRANIAN_WORKERS_KILL_TIMEOUT", str(worker_kill_timeout()))
-    if command in {"run", "database", "db", "keys"}:
+    if needs_servers(sys.argv[1:]):
         from app.cli.dev_servers import prepare_environment
 
-        prepare_environment(command)
+        prepare_environment(command or "")
 
     from litestar.cli.main import litestar_group
 

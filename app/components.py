@@ -97,6 +97,7 @@ class AppComponents:
             cache=cache,
             lock=DistributedLock(
                 valkey.main,
+                blocking=valkey.blocking,
                 ttl_ms=settings.sessions.lock_ttl_ms,
                 timeout=settings.sessions.lock_timeout,
                 observe=observe_lock,

@@ -15,7 +15,7 @@ from litestar import Litestar
 
 from app.components import AppComponents
 from app.domain.keys.services import ApiKeyService
-from app.lib import migrations
+from app.lib import gc_tuning, migrations
 from app.lib.compat import granian_signals
 from app.lib.problems import is_database_unavailable
 from app.lib.tasks import cancel_and_wait
@@ -40,6 +40,11 @@ class AppLifespan:
     async def __call__(self, _app: Litestar) -> AsyncIterator[None]:
         await self.prepare_database()
         await self.start_background_work()
+        # Last: what startup built is frozen out of the garbage collector's scans (app.lib.gc_tuning).
+        settings = self.c.settings.app
+        gc_tuning.tune_after_startup(
+            freeze=settings.gc_freeze, thresholds=gc_tuning.parse_thresholds(settings.gc_thresholds)
+        )
         try:
             yield
         finally:

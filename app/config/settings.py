@@ -39,6 +39,8 @@ class DatabaseSettings:
     connect_timeout: float = field(default_factory=lambda: _env_float("DATABASE_CONNECT_TIMEOUT", 3.0))
     pool_timeout: float = field(default_factory=lambda: _env_float("DATABASE_POOL_TIMEOUT", 10.0))
     """Seconds a request waits for a pooled connection under a burst (then 503 DATABASE_UNAVAILABLE)."""
+    pool_ping_idle: float = field(default_factory=lambda: _env_float("DATABASE_POOL_PING_IDLE", 2.0))
+    """A pooled connection idle this many seconds is pinged before use (0: every checkout)."""
     command_timeout: float = field(default_factory=lambda: _env_float("DATABASE_COMMAND_TIMEOUT", 10.0))
     migrate_on_startup: bool = field(default_factory=lambda: _env_bool("DATABASE_MIGRATE_ON_STARTUP", True))
     echo: bool = field(default_factory=lambda: _env_bool("DATABASE_ECHO", False))
@@ -110,6 +112,12 @@ class AppSettings:
     """`json` (one object per line) or `console` (human-readable, for a terminal)."""
     log_access: bool = field(default_factory=lambda: _env_bool("LOG_ACCESS", True))
     """One `request` line per HTTP request (health and metrics probes only at DEBUG)."""
+    metrics_enabled: bool = field(default_factory=lambda: _env_bool("METRICS_ENABLED", True))
+    """Count HTTP requests for `/metrics` (the per-request Prometheus layer); the domain metrics stay."""
+    gc_freeze: bool = field(default_factory=lambda: _env_bool("GC_FREEZE", True))
+    """After startup, move every object alive into the collector's permanent generation (app.lib.gc_tuning)."""
+    gc_thresholds: str = field(default_factory=lambda: _env("GC_THRESHOLDS", "50000,20,100"))
+    """`gc.set_threshold` after startup: 1-3 comma-separated integers; `-` keeps CPython's (700,10,10)."""
     otel_enabled: bool = field(default_factory=lambda: _env_bool("OTEL_ENABLED", False))
     """Tracing with OpenTelemetry (needs the `otel` extra); also on when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
     otel_endpoint: str = field(default_factory=lambda: _env("OTEL_EXPORTER_OTLP_ENDPOINT", ""))

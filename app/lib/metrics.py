@@ -83,6 +83,8 @@ class RequestMetricsMiddleware:
         self.app = app
         self.app_name = app_name
         self.exclude = exclude
+        self._in_progress: dict[str, Any] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or scope["path"].startswith(self.exclude):
@@ -98,17 +100,36 @@ class RequestMetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        in_progress = requests_in_progress.labels(method, self.app_name)
+        in_progress = self._in_progress.get(method)
+        if in_progress is None:
+            in_progress = self._in_progress[method] = requests_in_progress.labels(method, self.app_name)
         in_progress.inc()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
             in_progress.dec()
-            labels = (method, scope.get("path_template") or UNMATCHED_PATH, str(status), self.app_name)
-            requests_total.labels(*labels).inc()
-            request_duration_seconds.labels(*labels).observe(time.perf_counter() - started)
-            if status >= 500:
-                requests_error_total.labels(*labels).inc()
+            labels = (method, scope.get("path_template") or UNMATCHED_PATH, status)
+            children = self._children.get(labels)
+            if children is None:
+                children = self._series(labels)
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
+            if children[2] is not None:
+                children[2].inc()
+
+    def _series(self, labels: tuple[str, str, int]) -> tuple[Any, Any, Any]:
+        """The labelled children of one (method, route, status), looked up once: `labels()` takes a lock and
+        builds a key on every call. Bounded: routes are templates, methods and statuses few."""
+        method, path, status = labels
+        values = (method, path, str(status), self.app_name)
+        children = (
+            requests_total.labels(*values),
+            request_duration_seconds.labels(*values),
+            requests_error_total.labels(*values) if status >= 500 else None,
+        )
+        if len(self._children) < 10_000:
+            self._children[labels] = children
+        return children
 
 
 def install(app: Any, *, app_name: str) -> None:

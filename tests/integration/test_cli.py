@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,3 +200,34 @@ async def test_keys_create_refuses_bad_names_clearly(servers: TestServers, name:
     assert "--name" in output and reason in output, output
     assert "aak_" not in output
     assert await key_names(servers) == before
+
+
+async def test_help_and_groups_start_no_embedded_servers_and_create_no_data_dir(tmp_path: Path) -> None:
+    """`agent-api --help`, `run --help`, `keys` ... print help: no PostgreSQL or Valkey is started and no
+    `.data/` appears (it used to: every `run`, `keys` or `database` command line started them first)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"API_KEY", "VALKEY_URL", "DATABASE_URL", "LITESTAR_APP", "AGENT_API_DATA_DIR"}
+    }
+    executable = Path(sys.executable).parent / "agent-api"
+    cases = [["--help"], ["run", "--help"], ["keys"], ["keys", "create", "--help"], ["database", "--help"]]
+
+    async def one(args: list[str]) -> tuple[list[str], int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(executable),
+            *args,
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return args, proc.returncode or 0, out.decode(), err.decode()
+
+    for args, code, out, err in await asyncio.gather(*(one(case) for case in cases)):
+        # A group without its subcommand prints its usage and exits 2 (click), the rest 0.
+        assert code == (2 if args == ["keys"] else 0), (args, err[-2000:])
+        assert "Usage" in out + err, (args, out[-2000:])
+        assert "agent-api: started" not in err, (args, err[-2000:])
+    assert list(tmp_path.iterdir()) == [], "a help command created files"

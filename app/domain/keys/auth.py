@@ -144,12 +144,21 @@ class ApiKeyAuthenticator:
         raise NotAuthorizedException(detail)
 
 
+def _header(connection: ASGIConnection[Any, Any, Any, Any], name: bytes) -> str | None:
+    # The raw ASGI header list, first match, as Litestar's `Headers.get` answers: building `connection.headers`
+    # (a parsed copy of every header) cost more than the rest of the key check on a cached read.
+    for key, value in connection.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def extract_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The presented key, stripped (not yet checked: see `is_well_formed`), or None when there is none."""
-    key = connection.headers.get("x-api-key")
+    key = _header(connection, b"x-api-key")
     if key:
         return key.strip() or None
-    auth = connection.headers.get("authorization")
+    auth = _header(connection, b"authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():

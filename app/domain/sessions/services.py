@@ -180,6 +180,10 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
 
     async def create_session(self, owner_key_id: UUID, data: SessionCreate) -> Session:
         self.check_agent_settings(data.model, data.permission_mode)
+        db = self.repository.session
+        if not db.in_transaction():
+            # One INSERT is atomic on its own: without BEGIN and COMMIT it is one round trip instead of three.
+            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         row = await self.create(
             AgentSession(
                 owner_key_id=owner_key_id,
@@ -190,6 +194,8 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                 meta=dict(data.metadata),
             ),
             auto_commit=True,
+            # Every column has a client-side default: nothing to read back (no refresh SELECT, no second checkout).
+            auto_refresh=False,
         )
         session = to_schema(row)
         await self.cache.put(session, owner_key_id)
@@ -233,6 +239,12 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
                     if expected_versions is not None:
                         raise changed_concurrently() from None
                     continue
+                # The next writer may go as soon as this version is committed: the cache write is set-if-newer,
+                # so it cannot overwrite that writer's newer version, and it need not hold the lock.
+                with contextlib.suppress(*VALKEY_ERRORS):
+                    if token is not None:
+                        await self.lock.release(key, token)
+                token = None
                 session = to_schema(row)
                 await self.cache.put(session, owner_key_id)
                 return session

@@ -4,6 +4,7 @@ used the database (reads Advanced-Alchemy's private scope-state helpers)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -11,7 +12,9 @@ from advanced_alchemy.extensions.litestar._utils import delete_aa_scope_state, g
 from advanced_alchemy.extensions.litestar.plugins.init.config.common import SESSION_TERMINUS_ASGI_EVENTS
 from litestar.constants import HTTP_RESPONSE_START
 from litestar.types import Message, Scope
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.lib.compat import require_tested
 
@@ -51,3 +54,31 @@ def lazy_autocommit_handler(session_scope_key: str) -> Callable[[Message, Scope]
                 delete_aa_scope_state(scope, session_scope_key)
 
     return handler
+
+
+def idle_pre_ping(engine: AsyncEngine, idle_seconds: float) -> AsyncEngine:
+    """Pings a pooled connection at checkout only when it sat idle for `idle_seconds` or more.
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout, and the asyncpg dialect's ping is three round trips
+    (BEGIN, `;`, ROLLBACK): on a short request that is most of its database time. A connection in steady use
+    needs no ping: if Postgres went away meanwhile, the failing statement is a disconnect error, on which
+    SQLAlchemy invalidates the whole pool, so the next checkouts connect afresh. A connection that idled may
+    have been dropped quietly (a restart, a proxy's idle timeout): it is pinged, and replaced if dead."""
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError("pooled connection failed its ping") from exc
+
+    return engine

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from litestar.types import Scope
 
@@ -19,7 +19,8 @@ _CREDENTIAL_HEADERS = (b"x-api-key", b"authorization")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex was, without building a UUID object (a few percent of a cached read).
+    return os.urandom(16).hex()
 
 
 def sane_request_id(value: str | bytes | None) -> str | None:
