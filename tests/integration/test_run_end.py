@@ -3,8 +3,16 @@ agree, and a follower's cursor beyond the run's last event is refused at once.""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from uuid import UUID
 
+from sqlalchemy import delete
+
+from app.db.models import SessionEvent
+from app.domain.runs.streams import EventFollower
+from app.lib.sse import SSEFrame
+from app.lib.valkey.event_log import LogEntry
 from tests.helpers import assert_problem, collect_sse, iter_sse, wait_for
 from tests.instances import Instance
 
@@ -73,3 +81,38 @@ async def test_the_moment_a_session_reads_over_a_new_run_is_accepted(a: Instance
             async with cb.stream("POST", f"/api/v1/sessions/{sid}/resume", json={"prompt": "next"}) as again:
                 assert again.status_code == 200, await again.aread()
                 assert (await collect_sse(again, timeout=60))[-1].data == {"reason": "completed"}
+
+
+async def test_a_follower_that_just_missed_done_finds_it_in_the_stream(a: Instance, api_key: str) -> None:
+    """A read that returns just before `done` is appended, then the lease gone: the follower reads the stream on
+    before falling back to Postgres, whose copy lags under load (the persister batches). Before, it replayed
+    Postgres without `done`, waited 10 s and ended the stream without it (seen at 1,000 live runs)."""
+    async with a.client(api_key) as ca:
+        sid = (await ca.post("/api/v1/sessions", json={})).json()["id"]
+        run = (await ca.post(f"/api/v1/sessions/{sid}/runs", json={"prompt": "hello"})).json()
+        assert (await ca.get(f"/api/v1/runs/{run['id']}/wait")).json()["status"] == "completed"
+    components = a.components
+    # Postgres has not caught up with the stream yet: its copy of the run has no `done`.
+    async with components.alchemy.get_session() as db:
+        await db.execute(
+            delete(SessionEvent).where(SessionEvent.run_id == UUID(run["id"]), SessionEvent.event == "done")
+        )
+        await db.commit()
+    base = components.event_follower
+
+    class JustMissedDone(EventFollower):
+        missed = False
+
+        async def _read(self, key: str, last: str, block_ms: int | None) -> list[LogEntry] | None:
+            if not self.missed:
+                self.missed = True
+                return []  # this read returned a moment before `done` was appended
+            return await super()._read(key, last, block_ms)
+
+    follower = JustMissedDone(base.events, base.lease, base.store, base.alchemy, base.ping_interval)
+    frames: list[SSEFrame] = []
+    async with asyncio.timeout(5):  # the Postgres fallback would wait 10 s for a `done` that is not coming
+        async for batch in follower.follow(UUID(sid), UUID(run["id"]), "0"):
+            frames.extend(batch or [])
+    assert [f.event for f in frames][-1] == "done"
+    assert frames[0].event == "init"

@@ -115,6 +115,7 @@ class EventFollower:
         last_yield = time.monotonic()
         # The first look does not block: a client rejoining after `done` gets its end at once.
         block_ms: int | None = None
+        read_after_end = False
         while True:
             try:
                 entries = await self._read(key, cursor, block_ms)
@@ -135,6 +136,13 @@ class EventFollower:
                     if mine[-1].event == "done":
                         break
                 if not mine and await self._has_ended(session_id, run_id):
+                    if entries or not read_after_end:
+                        # Its `done` may have reached the stream after this read (the lease goes as `done` is
+                        # appended): read on to the stream's end, without blocking, before asking Postgres,
+                        # whose copy of the last events can lag (the persister batches; under load, seconds).
+                        read_after_end = True
+                        block_ms = None
+                        continue
                     # Ended, and the stream has nothing more of it: what it missed is in Postgres.
                     async for batch in self._replay_ended(session_id, run_id, delivered):
                         yield batch
