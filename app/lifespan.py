@@ -1,7 +1,7 @@
 """The app's lifespan: what starts when the server starts and stops when it stops, in this order.
 
-Registered after the database and Valkey plugins' own lifespans, so it is entered after theirs (the engine and
-the clients exist) and left before theirs (finishing runs still write to Postgres and Valkey)."""
+Entered after the Valkey plugin's lifespan and left before it (finishing runs still write to Valkey). The
+database engine is created on first use and disposed at the very end of this shutdown (see there)."""
 
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ class AppLifespan:
         # Last of the runs' part: until here this instance's runs were its own; now others may take over at once.
         await c.presence.stop()
         await c.webhooks.stop()  # after the runs: their final events are in the outbox, any instance sends them
+        # Last: Advanced-Alchemy's own lifespan is entered after this one (its plugin registers late), so it
+        # disposes the engine *before* this shutdown runs, and everything above checked out connections from a
+        # fresh pool that nobody would close (measured: 2 idle connections leaked per stopped instance).
+        await c.alchemy.get_engine().dispose()
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(work, name=name))

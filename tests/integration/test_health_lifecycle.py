@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import asyncpg
 import pytest
 
 from app.lifespan import AppLifespan
@@ -70,3 +71,34 @@ async def test_ready_is_503_draining_during_the_shutdown_drain(instance_factory:
         r = await anon.get("/health/ready")
         assert r.status_code == 503 and r.json()["status"] == "draining"
         assert (await anon.get("/health/live")).status_code == 200
+
+
+async def test_a_stopped_instance_leaves_no_database_connection_behind(
+    servers: TestServers, instance_factory: InstanceFactory, api_key: str
+) -> None:
+    """Advanced-Alchemy's lifespan disposes the engine before ours stops the runs, so the app disposes it again
+    last; before, every stopped instance left its pool's connections open (the suite ran Postgres out of them)."""
+
+    async def client_backends() -> int:
+        conn = await asyncpg.connect(servers.database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            return count
+        finally:
+            await conn.close()
+
+    before = await client_backends()
+    inst = await instance_factory("leak")
+    async with inst.client(api_key) as c:
+        sid = (await c.post(API, json={})).json()["id"]
+        run = (await c.post(f"{API}/{sid}/runs", json={"prompt": "hello"})).json()
+        assert (await c.get(f"/api/v1/runs/{run['id']}/wait")).json()["status"] == "completed"
+    assert await client_backends() > before  # it did hold connections
+    await inst.stop()
+
+    async def released() -> bool:
+        return await client_backends() <= before
+
+    await wait_for(released, timeout=10, what="the stopped instance's connections closed")
