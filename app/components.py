@@ -29,6 +29,7 @@ from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.invalidations import InvalidationSweeper, PendingInvalidations
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionServiceFactory
+from app.domain.sessions.valkey_keys import CONTROL_ANNOUNCE_CHANNEL
 from app.domain.sessions.warming import CacheWarmer
 from app.domain.webhooks.delivery import WebhookDispatcher
 from app.domain.webhooks.outbox import enqueue_for_run
@@ -88,7 +89,12 @@ class AppComponents:
             store=store,
             lease=lease,
             events=events,
-            channel=ControlChannel(valkey.main, valkey.blocking, settings.app.instance_id),
+            channel=ControlChannel(
+                valkey.main,
+                valkey.blocking,
+                settings.app.instance_id,
+                announce=None if settings.valkey.cluster else CONTROL_ANNOUNCE_CHANNEL,
+            ),
             markers=SignalMarker(valkey.main),
             backend=backend,
         )

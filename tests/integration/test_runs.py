@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from app.domain.sessions.valkey_keys import events_key
+from app.domain.runs import control
+from app.domain.sessions.valkey_keys import CONTROL_ANNOUNCE_CHANNEL, events_key
 from tests.helpers import SSEEvent, collect_sse, iter_sse, wait_for
 from tests.instances import Instance
 
@@ -431,3 +432,32 @@ async def test_openapi_describes_each_sse_event(a: Instance, api_key: str) -> No
     async with a.client(api_key) as client:
         events = await run_to_done(client, "/api/v1/query", {"prompt": "hello there"})
     assert {e.event for e in events} <= set(event["properties"]["event"]["enum"])
+
+
+async def test_control_messages_are_announced_on_the_operators_channel(
+    a: Instance, b: Instance, api_key: str, valkey: Any
+) -> None:
+    """On one node, `SUBSCRIBE agentapi:control` shows the control traffic (the channel SPEC 5 names); delivery
+    itself goes through the owner's control stream."""
+    pubsub = valkey.pubsub()
+    await pubsub.subscribe(CONTROL_ANNOUNCE_CHANNEL)
+    try:
+        async with a.client(api_key) as ca, b.client(api_key) as cb:
+            sid = await new_session(ca)
+            resp, events = await start_stream(ca, f"/api/v1/sessions/{sid}/resume", {"prompt": "sleep 30"})
+            try:
+                await next_event(events, "message")
+                assert (await cb.post(f"/api/v1/sessions/{sid}/interrupt")).status_code == 202
+                done = await next_event(events, "done", timeout=5)
+            finally:
+                await resp.aclose()
+        assert done.data == {"reason": "interrupted"}
+
+        async def announced() -> Any:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            return message and control.decode(message["data"])
+
+        interrupt = await wait_for(announced, timeout=5, what="the interrupt on agentapi:control")
+        assert isinstance(interrupt, control.Interrupt) and str(interrupt.session_id) == sid
+    finally:
+        await pubsub.aclose()

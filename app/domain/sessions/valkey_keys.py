@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from app.lib.valkey.keys import scoped_key
+from app.lib.valkey.keys import global_key, scoped_key
 
 
 def session_key(session_id: UUID | str) -> str:
@@ -26,3 +26,7 @@ def interrupt_key(session_id: UUID | str) -> str:
 
 def events_key(session_id: UUID | str) -> str:
     return scoped_key(session_id, "events")
+
+
+# Where control messages are also announced on one node, for operators (`SUBSCRIBE agentapi:control`).
+CONTROL_ANNOUNCE_CHANNEL = global_key("control")

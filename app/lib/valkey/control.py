@@ -17,6 +17,9 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import cast
+
+from valkey.asyncio.client import Pipeline
 
 from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.client import ValkeyClient, register_script
@@ -48,8 +51,13 @@ def control_stream_key(instance_id: str) -> str:
 
 
 class ControlChannel:
-    def __init__(self, client: ValkeyClient, blocking_client: ValkeyClient, instance_id: str) -> None:
+    def __init__(
+        self, client: ValkeyClient, blocking_client: ValkeyClient, instance_id: str, *, announce: str | None = None
+    ) -> None:
         self._client = client
+        # On one node, each message is also PUBLISHed on this operators' channel (`agentapi:control`), where
+        # `SUBSCRIBE` shows the control traffic; nothing reads it. Not on a cluster: PUBLISH goes to every node.
+        self._announce = announce
         self._blocking = blocking_client
         self.instance_id = instance_id
         self.stream = control_stream_key(instance_id)
@@ -68,6 +76,9 @@ class ControlChannel:
             pipe.set(marker_key, value, ex=ttl)
         pipe.xadd(key, {FIELD: payload}, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.expire(key, STREAM_TTL)
+        if self._announce is not None:
+            # Set on one node only (a cluster's pipeline has no PUBLISH, and it would go to every node).
+            cast("Pipeline", pipe).publish(self._announce, payload)
         async with bounded():
             await pipe.execute()
 
