@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 
 import click
 
@@ -42,9 +43,21 @@ def prepare_environment(command: str) -> None:
         click.echo(f"agent-api: started {line}", err=True)
 
 
+def cli_option(argv: list[str], names: tuple[str, ...], default: str) -> str:
+    """The value of a `run` option as given on the command line (`--port 9000`, `--port=9000`, `-p 9000`)."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg[len(name) + 1 :]
+    return default
+
+
 def _announce_dev_key(key: str) -> None:
-    host = os.environ.get("LITESTAR_HOST", "127.0.0.1")
-    port = os.environ.get("LITESTAR_PORT", "8000")
+    # Where this run will listen: the command line wins over the environment, as in `litestar run`.
+    host = cli_option(sys.argv[1:], ("--host", "-H"), os.environ.get("LITESTAR_HOST", "127.0.0.1"))
+    port = cli_option(sys.argv[1:], ("--port", "-p"), os.environ.get("LITESTAR_PORT", "8000"))
     click.echo(
         "\n".join(
             [

@@ -45,3 +45,18 @@ def test_help_groups_and_server_free_commands_need_no_servers(argv: list[str]) -
 )
 def test_commands_that_use_the_servers_need_them(argv: list[str]) -> None:
     assert needs_servers(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run"], "8000"),
+        (["run", "--port", "9001"], "9001"),
+        (["run", "--port=9002"], "9002"),
+        (["run", "-p", "9003", "--wc", "2"], "9003"),
+    ],
+)
+def test_the_dev_key_hint_names_the_port_given_on_the_command_line(argv: list[str], expected: str) -> None:
+    from app.cli.dev_servers import cli_option
+
+    assert cli_option(argv, ("--port", "-p"), "8000") == expected
