@@ -18,28 +18,19 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from scripts.bench.loadgen import LoadResult, LoadSpec, run_in_process, run_wrk
+from scripts.bench.loadgen import LoadResult, LoadSpec
 from scripts.bench.runs import close_clients, interrupt_latency, stream_roundtrip, summary, transport_clients
+from scripts.bench.sessions import measure
 from tests.cluster import ValkeyTestCluster
 from tests.instances import create_api_key, make_settings
 from tests.processes import GranianProcess
 from tests.servers import TestServers
-
-
-def load(spec: LoadSpec, loadgen: str) -> LoadResult:
-    wrk = shutil.which("wrk")
-    if loadgen == "wrk" or (loadgen == "auto" and wrk):
-        if not wrk:
-            raise SystemExit("--loadgen wrk: wrk is not on PATH")
-        return run_wrk(spec, wrk)
-    return run_in_process(spec)
 
 
 @dataclasses.dataclass
@@ -75,7 +66,7 @@ class Stack:
             duration=seconds,
             warmup=1.0,
         )
-        return load(spec, args.loadgen)
+        return measure(spec, args.loadgen)
 
     async def stop(self) -> None:
         await self.ca.aclose()
