@@ -26,7 +26,7 @@ import httpx
 
 from scripts.bench.loadgen import LoadResult, LoadSpec
 from scripts.bench.runs import close_clients, interrupt_latency, stream_roundtrip, summary, transport_clients
-from scripts.bench.sessions import measure
+from scripts.bench.sessions import measure as measure_load
 from tests.cluster import ValkeyTestCluster
 from tests.instances import create_api_key, make_settings
 from tests.processes import GranianProcess
@@ -66,7 +66,7 @@ class Stack:
             duration=seconds,
             warmup=1.0,
         )
-        return measure(spec, args.loadgen)
+        return measure_load(spec, args.loadgen)
 
     async def stop(self) -> None:
         await self.ca.aclose()
