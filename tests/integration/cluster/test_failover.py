@@ -134,14 +134,27 @@ async def test_a_primary_fails_over_under_mixed_load(
             killed_at = time.monotonic()
             await asyncio.to_thread(own_cluster.kill, victim)
             promoted = asyncio.create_task(asyncio.to_thread(own_cluster.wait_promoted, replica, 30.0))
-            # Runs elsewhere are unaffected: new ones start there during the outage (from both instances).
-            probe_results = await asyncio.gather(
-                *(
-                    (ca if i % 2 else cb).post(
+            # Runs elsewhere are unaffected: new ones start there during the outage (from both instances). In the
+            # first instant the cluster client re-reads the topology and drops every connection, so a command on
+            # a healthy shard can fail once: that run is refused with a retryable 503 (Retry-After), never a 500,
+            # and its retry starts it.
+            probe_retries = 0
+
+            async def probe(client: httpx.AsyncClient, sid: str) -> httpx.Response:
+                nonlocal probe_retries
+                for _attempt in range(3):
+                    resp = await client.post(
                         "/api/v1/query/single", json={"prompt": "during the failover", "session_id": sid}
                     )
-                    for i, sid in enumerate(probes.values())
-                )
+                    if resp.status_code != 503:
+                        return resp
+                    assert resp.json()["code"] == "VALKEY_UNAVAILABLE" and "retry-after" in resp.headers
+                    probe_retries += 1
+                    await asyncio.sleep(0.5)
+                return resp
+
+            probe_results = await asyncio.gather(
+                *(probe(ca if i % 2 else cb, sid) for i, sid in enumerate(probes.values()))
             )
             probes_done = time.monotonic() - killed_at
             await promoted
@@ -189,6 +202,7 @@ async def test_a_primary_fails_over_under_mixed_load(
     }
     figures["new_runs_on_other_shards_during_outage"] = [r.status_code for r in probe_results]
     figures["those_runs_done_after_s"] = round(probes_done, 2)
+    figures["those_runs_retried_after_a_503"] = probe_retries
     print("\nFAILOVER " + json.dumps(figures))
     assert probes_done < promotion, "the probes ran after the promotion: they proved nothing"
     assert [r.status_code for r in probe_results] == [200] * len(probes), [r.text for r in probe_results]
