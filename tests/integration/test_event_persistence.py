@@ -12,7 +12,7 @@ import msgspec
 from sqlalchemy import delete, func, select
 
 from app.db.models import AgentSession, SessionEvent
-from app.domain.runs.recorder import MAX_PENDING, EventRecorder, Row, event_records, insert_events, persist_events
+from app.domain.runs.recorder import MAX_PENDING, EventBatch, EventRecorder, Row, insert_events, persist_events
 from app.domain.sessions.valkey_keys import events_key
 from tests.instances import Instance
 
@@ -44,9 +44,11 @@ async def test_a_burst_is_stored_once_each_in_stream_order(a: Instance, api_key:
         manager.events, manager.persister, session_id=session_id, run_id=run_id, stream_key=events_key(session_id)
     )
     count = 3 * MAX_PENDING + 17  # past the backlog limit: the agent side waits for the stores several times
+    text = 'é ✓ \\ " \n\t\u0001 end'  # escapes and multi-byte characters survive the binary COPY
+    started = datetime.now(UTC)
     try:
         for n in range(count):
-            await recorder.add("partial" if n % 100 == 50 else "message", {"n": n})
+            await recorder.add("partial" if n % 100 == 50 else "message", {"n": n, "text": text})
         await recorder.wait_persisted(timeout=60)
     finally:
         await recorder.aclose()
@@ -54,6 +56,8 @@ async def test_a_burst_is_stored_once_each_in_stream_order(a: Instance, api_key:
     expected = [n for n in range(count) if n % 100 != 50]  # `partial` is never stored
     stored = await _stored(a, session_id)
     assert [row.data["n"] for row in stored] == expected
+    assert all(row.data == {"n": row.data["n"], "text": text} and row.event == "message" for row in stored)
+    assert all(started <= row.created_at == row.updated_at <= datetime.now(UTC) for row in stored)
     # Ordered by Postgres's own id (insertion order) and by the stream id alike: the same order, no gaps.
     keys = [(row.stream_ms, row.stream_seq) for row in stored]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
@@ -84,14 +88,12 @@ async def test_rows_of_a_deleted_session_are_dropped_and_the_others_kept(a: Inst
     async with a.components.alchemy.get_session() as db:
         await db.execute(delete(AgentSession).where(AgentSession.id == gone_id))
         await db.commit()
-    now = datetime.now(UTC)
     run_id = uuid.uuid4()
-    records = [
-        *event_records(kept_id, _rows(run_id, 1, 30), now),
-        *event_records(gone_id, _rows(run_id, 1, 30), now),
-        *event_records(kept_id, _rows(run_id, 31, 30), now),
-    ]
-    await insert_events(a.components.alchemy, records)
+    batch = EventBatch(datetime.now(UTC))
+    batch.add(kept_id, _rows(run_id, 1, 30))
+    batch.add(gone_id, _rows(run_id, 1, 30))
+    batch.add(kept_id, _rows(run_id, 31, 30))
+    await insert_events(a.components.alchemy, batch)
     assert [row.data["n"] for row in await _stored(a, kept_id)] == list(range(1, 61))
     async with a.components.alchemy.get_session() as db:
         orphans = await db.scalar(select(func.count()).where(SessionEvent.session_id == gone_id))
