@@ -26,7 +26,11 @@ from app.lib.valkey.event_log import EventLog, parse_entry_id
 logger = logging.getLogger(__name__)
 
 NON_DURABLE = frozenset({"partial"})
+# Entries per stream append: one script call each, which Valkey runs to its end before serving anyone else, so it
+# stays short (other runs' events wait behind it).
 MAX_BATCH = 500
+# Rows per Postgres transaction (one COPY): bigger batches mean fewer commits per row.
+MAX_DB_BATCH = 1000
 # Events not yet in Postgres beyond which the agent waits: a fast agent is slowed to what the stores take,
 # so a run's end (final status, `done`) never waits for a long backlog to drain.
 MAX_PENDING = 2000
@@ -203,9 +207,9 @@ class EventPersister:
                 batch = EventBatch(datetime.now(UTC))
                 size = 0
                 for recorder in list(self._dirty.values()):
-                    if size >= MAX_BATCH:
+                    if size >= MAX_DB_BATCH:
                         break
-                    rows = recorder.to_db[: MAX_BATCH - size]
+                    rows = recorder.to_db[: MAX_DB_BATCH - size]
                     size += len(rows)
                     taken.append((recorder, len(rows)))
                     batch.add(recorder.session_id, rows)
