@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import time
 from typing import Any
 
 import httpx
 import pytest
 from valkey.asyncio import Valkey
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.domain.sessions.valkey_keys import session_key
+from app.lib.valkey import timeouts
 from app.lib.valkey.pipelined_get import PipelinedGetter
 from app.lib.valkey.versioned_cache import VersionedCache
 from tests.helpers import assert_problem
@@ -222,3 +226,33 @@ async def test_deleted_session_stays_gone_after_flushall(a: Instance, api_key: s
         await valkey.flushall()
         assert_problem(await c.get(f"{API}/{sid}"), 404, "SESSION_NOT_FOUND")
         assert await cached(valkey, sid) is None
+
+
+async def test_the_pipelined_get_gives_up_on_a_hung_valkey_and_recovers(servers: TestServers) -> None:
+    """SIGSTOP: connections accepted, no answers. The pipelined GET is bounded by the command timeout itself (one
+    timer per batch of commands, not an `asyncio.timeout` each), and works again once Valkey answers."""
+    getter = PipelinedGetter(servers.valkey_url)
+    previous = timeouts.COMMAND_TIMEOUT
+    try:
+        assert await getter.get("agentapi:{test-hung}:session") is None  # connected
+        timeouts.set_command_timeout(0.5)
+        servers.pause_valkey()
+        try:
+            started = time.perf_counter()
+            results = await asyncio.gather(*(getter.get(f"agentapi:{{test-hung-{n}}}:session") for n in range(5)),
+                                           return_exceptions=True)  # fmt: skip
+            elapsed = time.perf_counter() - started
+            assert all(isinstance(r, ValkeyTimeoutError) for r in results), results
+            assert 0.4 < elapsed < 3, elapsed
+        finally:
+            servers.resume_valkey()
+        # The late answers to the abandoned GETs are dropped in order; a new GET gets its own answer.
+        await getter.eval_script(_ECHO_SHA, _ECHO, ["agentapi:{test-hung}:session"], [b"x"])
+        assert await getter.get("agentapi:{test-hung}:session") == b"x"
+    finally:
+        timeouts.set_command_timeout(previous)
+        await getter.aclose()
+
+
+_ECHO = "redis.call('set', KEYS[1], ARGV[1], 'EX', 60) return 1"
+_ECHO_SHA = hashlib.sha1(_ECHO.encode(), usedforsecurity=False).hexdigest()

@@ -82,8 +82,11 @@ async def test_a_hung_valkey_is_503_for_runs_not_a_hang(servers: TestServers, a:
                 assert resp.status_code == 503, (path, resp.status_code, resp.text)
                 assert resp.json()["code"] == "VALKEY_UNAVAILABLE" and int(resp.headers["retry-after"]) > 0
                 assert elapsed < 10, (path, elapsed)  # bounded, not "until Valkey comes back"
+            started = time.perf_counter()
             got = await client.get(f"/api/v1/sessions/{sid}")
             assert got.status_code == 200 and got.json()["status"] == "idle"
+            # One bound (2 s) for the cache GET; the read neither asks Valkey again nor tries to re-cache.
+            assert time.perf_counter() - started < 3.5
         finally:
             servers.resume_valkey()
 

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 _header_decoder = msgspec.json.Decoder(CachedSessionHeader)
 _session_decoder = msgspec.json.Decoder(Session)
 _encoder = msgspec.json.Encoder()
+# The counter's children, made once: `labels()` on every read cost ~2 % of a cached GET.
+_HIT, _MISS, _FALLBACK = (metrics.cache_requests.labels(result) for result in ("hit", "miss", "fallback"))
 
 
 class CacheMiss:
@@ -26,6 +28,8 @@ class CacheMiss:
 
 
 MISS = CacheMiss()
+UNREACHABLE = CacheMiss()
+"""A miss because Valkey did not answer: re-caching what Postgres gives would wait for it a second time."""
 
 
 MissedWrite = Callable[[UUID], Awaitable[None]]
@@ -60,19 +64,19 @@ class SessionCache:
             await self._on_missed_write(session_id)
 
     async def get(self, session_id: UUID, owner_key_id: UUID) -> Session | CacheMiss | None:
-        """The session, None if it is known deleted or belongs to another key, or MISS."""
+        """The session, None if it is known deleted or belongs to another key, MISS, or UNREACHABLE (Valkey)."""
         try:
             if self._unsynced:
                 await self._resync()
             raw = await self._cache.get(session_key(session_id))
         except VALKEY_ERRORS:
-            metrics.cache_requests.labels("fallback").inc()
+            _FALLBACK.inc()
             metrics.backend_errors.labels("valkey").inc()
-            return MISS
+            return UNREACHABLE
         if raw is None:
-            metrics.cache_requests.labels("miss").inc()
+            _MISS.inc()
             return MISS
-        metrics.cache_requests.labels("hit").inc()
+        _HIT.inc()
         try:
             header = _header_decoder.decode(raw)
             if header.deleted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from app.domain.sessions.cache import MISS, SessionCache
+from app.domain.sessions.cache import MISS, UNREACHABLE, SessionCache
 from app.domain.sessions.errors import session_not_found
 from app.domain.sessions.read_shortcut import CacheLookup
 from app.domain.sessions.schemas import Session
@@ -27,6 +27,6 @@ class SessionReader:
             raise session_not_found(session_id)
         if isinstance(cached, Session):
             return cached
-        assert cached is MISS
+        assert cached is MISS or cached is UNREACHABLE
         async with self.services.new() as service:
-            return await service.load_and_cache(session_id, owner_key_id)
+            return await service.load_and_cache(session_id, owner_key_id, recache=cached is MISS)

@@ -141,10 +141,12 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
             raise session_not_found(session_id)
         return row
 
-    async def load_and_cache(self, session_id: UUID, owner_key_id: UUID) -> Session:
-        """A cache miss: read Postgres and re-cache (set-if-newer, so a racing writer always wins)."""
+    async def load_and_cache(self, session_id: UUID, owner_key_id: UUID, *, recache: bool = True) -> Session:
+        """A cache miss: read Postgres and re-cache (set-if-newer, so a racing writer always wins). Not
+        `recache` when the cache read failed because Valkey did not answer: the write would wait for it too."""
         session = to_schema(await self.load_owned(session_id, owner_key_id))
-        await self.cache.put(session, owner_key_id, after_write=False)
+        if recache:
+            await self.cache.put(session, owner_key_id, after_write=False)
         return session
 
     async def list_sessions(

@@ -32,6 +32,7 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.lib.compat import require_tested
 from app.lib.valkey.pipelined_get import PipelinedGetter, ScriptArg
+from app.lib.valkey.timeouts import bounded
 
 
 class ResilientValkeyCluster(ValkeyCluster):
@@ -138,7 +139,8 @@ class ClusterPipelinedGetter:
                 return await getter.get(key)
             except (ResponseError, ValkeyConnectionError):
                 pass  # MOVED/ASK/CLUSTERDOWN/TRYAGAIN or a dead node: the cluster client follows or reports it
-        value: bytes | None = await self._cluster.get(key)
+        async with bounded():
+            value: bytes | None = await self._cluster.get(key)
         return value
 
     async def eval_script(self, sha: str, source: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> object:

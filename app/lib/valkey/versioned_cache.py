@@ -37,8 +37,10 @@ class VersionedCache:
         self._set_if_newer = register_script(client, _SET_IF_NEWER)
 
     async def get(self, key: str) -> bytes | None:
+        if self._getter is not None:
+            return await self._getter.get(key)  # bounded by the getter itself
         async with bounded():
-            value: bytes | None = await (self._getter.get(key) if self._getter else self._client.get(key))
+            value: bytes | None = await self._client.get(key)
         return value
 
     async def set_if_newer(self, key: str, version: int, payload: bytes) -> bool:
