@@ -41,6 +41,7 @@ from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock
 from app.lib.valkey.presence import InstancePresence
 from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
+from app.lib.valkey.stream_hub import StreamHub, wake_key
 from app.lib.valkey.versioned_cache import VersionedCache
 
 
@@ -111,7 +112,14 @@ class AppComponents:
             runs=run_manager,
         )
         session_reader = SessionReader(cache, session_services)
-        follower = EventFollower(events, lease, store, alchemy, settings.runs.ping_interval)
+        # One node: followers share one blocking reader. A cluster: each follows on its own (a multi-key XREAD
+        # cannot span the sessions' slots).
+        hub = (
+            None
+            if settings.valkey.cluster
+            else StreamHub(events, valkey.main, valkey.blocking, wake_key(settings.app.instance_id))
+        )
+        follower = EventFollower(events, lease, store, alchemy, settings.runs.ping_interval, hub=hub)
         presence = InstancePresence(
             valkey.main,
             settings.app.instance_id,
