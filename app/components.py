@@ -83,7 +83,7 @@ class AppComponents:
             on_missed_write=PendingInvalidations(alchemy).record,
         )
         lease = RunLease(valkey.main, ttl_ms=settings.runs.lease_ttl_ms)
-        events = EventLog(valkey.main, valkey.blocking)
+        events = EventLog(valkey.main, valkey.blocking, pipeline_appends=not settings.valkey.cluster)
         store = RunStore(alchemy, cache, hook=enqueue_for_run)
         run_manager = RunManager(
             settings,
@@ -96,7 +96,7 @@ class AppComponents:
                 settings.app.instance_id,
                 announce=None if settings.valkey.cluster else CONTROL_ANNOUNCE_CHANNEL,
             ),
-            markers=SignalMarker(valkey.main),
+            markers=SignalMarker(valkey.main, getter=valkey.getter),
             backend=backend,
         )
         session_services = SessionServiceFactory(
