@@ -64,6 +64,9 @@ return 1
 
 logger = logging.getLogger(__name__)
 
+MAX_PIPELINES = 4
+"""Append pipelines in flight at once (each holds a pooled connection while it waits for its replies)."""
+
 _Append = tuple[str, list[str | bytes], "asyncio.Future[Any]"]
 
 
@@ -79,7 +82,8 @@ class EventLog:
         self._reset = register_script(client, _RESET)
         self._pipeline_appends = pipeline_appends
         self._queued: list[_Append] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
+        self._sender_starting = False  # a sender exists that has not taken the queue yet
 
     async def reset(self, key: str) -> None:
         """Empties the stream but keeps the key, so new ids still grow past the old ones; no TTL while live."""
@@ -105,12 +109,19 @@ class EventLog:
     def _queue_append(self, key: str, args: list[str | bytes]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((key, args, future))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_appends(), name="event-log-appends")
+        # Appends queued in the same loop turn share a pipeline; while pipelines are in flight, a few more may
+        # start (so an append does not wait a whole round trip for the one before), each writer having one
+        # append in flight at most, so no stream's entries are reordered.
+        if not self._sender_starting and len(self._senders) < MAX_PIPELINES:
+            self._sender_starting = True
+            task = asyncio.create_task(self._send_appends(), name="event-log-appends")
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
         return future
 
     async def _send_appends(self) -> None:
-        """Sends what is queued in one pipeline; what was queued meanwhile goes in the next one."""
+        """Sends what is queued in one pipeline, then what was queued meanwhile if no other sender took it."""
+        self._sender_starting = False
         while self._queued:
             # A caller whose own bound ran out no longer waits: its writer retries the batch itself.
             batch = [item for item in self._queued if not item[2].done()]

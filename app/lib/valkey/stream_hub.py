@@ -44,10 +44,12 @@ BLOCK_MS = 5000
 """How long one shared XREAD blocks when nothing arrives (it is re-issued then, and at once on a wake)."""
 READ_COUNT = 500
 """Entries per stream per shared read (a burst is read in several)."""
-COALESCE_SECONDS = 0.005
-"""After a read that brought entries, the next one waits this long: under load each read then carries many
-streams' entries (one XREAD naming every followed stream is costly to build and to serve), at a cost of a few
-ms of latency; a quiet hub's read blocks at once."""
+COALESCE_PER_STREAM = 0.00001
+MAX_COALESCE = 0.005
+"""Reads that bring entries start at least `COALESCE_PER_STREAM` times the followed streams apart (at most
+`MAX_COALESCE`): one XREAD naming every followed stream costs in proportion to their number (to build, to
+parse, for Valkey to serve), so under load each read then carries many streams' entries, at a cost of a few ms
+of latency at a thousand streams and a fraction of one at a few dozen; a quiet hub's read blocks at once."""
 MAX_QUEUED = 5000
 """Entries a subscription holds for a consumer that does not read; beyond, it reads the gap from Valkey."""
 WAKE_TTL_MS = 60_000
@@ -231,6 +233,7 @@ class StreamHub:
             logger.debug("stream hub: wake not sent", exc_info=True)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = 0.05
         while True:
             if not self._subs:
@@ -246,6 +249,7 @@ class StreamHub:
                 streams = {self.wake_key: self._wake_last, **self._cursors}
                 self._reading = dict(self._cursors)
                 self.reads += 1
+                started = loop.time()
                 async with bounded(extra=BLOCK_MS / 1000):
                     reply = await self._blocking.xread(streams, count=READ_COUNT, block=BLOCK_MS)
             except asyncio.CancelledError:
@@ -258,7 +262,10 @@ class StreamHub:
             delay = 0.05
             if reply:
                 self._deliver(reply)
-                await asyncio.sleep(COALESCE_SECONDS)
+                spacing = min(MAX_COALESCE, COALESCE_PER_STREAM * len(self._cursors))
+                wait = spacing - (loop.time() - started)
+                if wait > 0:
+                    await asyncio.sleep(wait)
 
     def _deliver(self, reply: list[tuple[bytes | str, list[tuple[bytes, dict[bytes, bytes]]]]]) -> None:
         for raw_key, items in reply:
