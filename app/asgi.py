@@ -33,6 +33,7 @@ from app.domain.openai.controllers import document_streams, openai_router
 from app.domain.openai.schemas import ChatCompletionRequest, ResponseCreateRequest
 from app.domain.runs.controllers import RunController, RunResourceController
 from app.domain.runs.schemas import AnswerRequest, QueryRequest, RunRequest
+from app.domain.sessions import read_shortcut
 from app.domain.sessions.controllers import SessionController
 from app.domain.sessions.schemas import SessionCreate, SessionFork, SessionUpdate
 from app.domain.webhooks.controllers import WebhookEndpointController
@@ -208,6 +209,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config(),
         debug=settings.app.debug,
     )
+    if settings.app.read_shortcut and not components.rate_limiters and otel is None:
+        # Innermost of our layers, so CORS, the edge, the metrics and the access log see its answers too.
+        read_shortcut.install(app, authenticator=components.authenticator, cache=components.session_reader.cache)
     cors.install(app)
     edge.install(app)
     if settings.app.metrics_enabled:

@@ -112,6 +112,8 @@ class AppSettings:
     """`json` (one object per line) or `console` (human-readable, for a terminal)."""
     log_access: bool = field(default_factory=lambda: _env_bool("LOG_ACCESS", True))
     """One `request` line per HTTP request (health and metrics probes only at DEBUG)."""
+    read_shortcut: bool = field(default_factory=lambda: _env_bool("READ_SHORTCUT", True))
+    """Answer a cache-hit `GET /api/v1/sessions/{id}` in front of the router (app.domain.sessions.read_shortcut)."""
     metrics_enabled: bool = field(default_factory=lambda: _env_bool("METRICS_ENABLED", True))
     """Count HTTP requests for `/metrics` (the per-request Prometheus layer); the domain metrics stay."""
     gc_freeze: bool = field(default_factory=lambda: _env_bool("GC_FREEZE", True))

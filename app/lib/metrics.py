@@ -50,6 +50,12 @@ webhook_delivery_seconds = Histogram(
     "From the event's commit to the receiver's 2xx (retries included).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
 )
+session_read_shortcut = Counter(
+    f"{PREFIX}_session_read_shortcut_total",
+    "GET /api/v1/sessions/{id} by who answered it: served (a cache hit, in front of the router, "
+    "app.domain.sessions.read_shortcut) or routed (handed on to the router).",
+    ["outcome"],
+)
 auth_failures = Counter(
     f"{PREFIX}_auth_failures_total",
     "Failed authentications by outcome: unknown (looked up, no such key), cached (known unknown, no lookup), "

@@ -414,6 +414,7 @@ async def run(args: argparse.Namespace) -> int:
                 ("metrics off", "request metrics off"),
                 ("log+metrics off", "access log + metrics off"),
                 ("gc untuned", "GC untuned (no freeze, CPython thresholds)"),
+                ("shortcut off", "read shortcut off (through the router)"),
             ):
                 r = read[f"app w1 {case}"]
                 rows.append(Row(f"cache-hit GET, 1 worker, {label}", r["rps"], "req/s", "all on (default)", on["rps"],

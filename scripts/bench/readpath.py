@@ -4,9 +4,10 @@
 
 For each worker count: the app (`GET /api/v1/sessions/{id}`, a cache hit), the limit app (one Valkey GET of
 the same cached bytes, scripts/bench/baselines.py) and the bare app (fixed JSON), and at the first worker
-count the app with access logging off, with request metrics off, with both off, and without the GC tuning
-(no freeze, CPython's thresholds). Servers run one at a time (the others are
-stopped) and the cases are interleaved over `--rounds`; each figure is the median round.
+count the app with access logging off, with request metrics off, with both off, without the GC tuning
+(no freeze, CPython's thresholds) and without the read shortcut (app/domain/sessions/read_shortcut.py).
+Servers run one at a time (the others are stopped) and the cases are interleaved over `--rounds`; each figure
+is the median round.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def cases(workers: list[int], toggles: bool) -> list[Case]:
             Case(f"app w{n} metrics off", "app", n, (("METRICS_ENABLED", "false"),)),
             Case(f"app w{n} log+metrics off", "app", n, (("LOG_ACCESS", "false"), ("METRICS_ENABLED", "false"))),
             Case(f"app w{n} gc untuned", "app", n, (("GC_FREEZE", "false"), ("GC_THRESHOLDS", "-"))),
+            Case(f"app w{n} shortcut off", "app", n, (("READ_SHORTCUT", "false"),)),
         ]
     return out
 

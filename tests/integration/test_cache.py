@@ -11,9 +11,11 @@ import pytest
 from valkey.asyncio import Valkey
 
 from app.domain.sessions.valkey_keys import session_key
+from app.lib.valkey.pipelined_get import PipelinedGetter
 from app.lib.valkey.versioned_cache import VersionedCache
 from tests.helpers import assert_problem
 from tests.instances import Instance
+from tests.servers import TestServers
 
 API = "/api/v1/sessions"
 
@@ -149,8 +151,13 @@ async def test_readers_racing_writers_never_leave_an_older_version_cached(
             assert after.json()["metadata"] == {"round": round_}
 
 
-async def test_versioned_cache_refuses_older_and_equal_versions(valkey: Valkey) -> None:
-    cache = VersionedCache(valkey, ttl=60)
+@pytest.mark.parametrize("pipelined", [False, True], ids=["client", "pipelined"])
+async def test_versioned_cache_refuses_older_and_equal_versions(
+    valkey: Valkey, servers: TestServers, pipelined: bool
+) -> None:
+    # `pipelined`: GET and the set-if-newer script over the app's own pipelined connection (PipelinedGetter).
+    getter = PipelinedGetter(servers.valkey_url) if pipelined else None
+    cache = VersionedCache(valkey, ttl=60, getter=getter)
     key = "agentapi:{test-versioned-cache}:session"
     await valkey.delete(key)
     try:
@@ -171,8 +178,16 @@ async def test_versioned_cache_refuses_older_and_equal_versions(valkey: Valkey) 
         await valkey.set(key, b"garbage")
         assert await cache.set_if_newer(key, 1, b'{"version":1,"v":"repaired"}')
         assert await cache.get(key) == b'{"version":1,"v":"repaired"}'
+
+        # A server that forgot the script (restarted, or a replica just promoted) is sent its body (NOSCRIPT).
+        await valkey.script_flush()
+        assert await cache.set_if_newer(key, 2, b'{"version":2,"v":"after flush"}')
+        assert not await cache.set_if_newer(key, 2, b'{"version":2,"v":"again"}')
+        assert await cache.get(key) == b'{"version":2,"v":"after flush"}'
     finally:
         await valkey.delete(key)
+        if getter is not None:
+            await getter.aclose()
 
 
 async def test_delete_leaves_no_resurrectable_cache_entry(

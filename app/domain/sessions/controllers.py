@@ -12,6 +12,7 @@ from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
 from app.domain.keys.principal import AuthedRequest
 from app.domain.sessions.dependencies import provide_session_service
 from app.domain.sessions.errors import invalid_if_match
+from app.domain.sessions.read_shortcut import cache_lookup_of
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.schemas import (
     MAX_TAGS,
@@ -117,7 +118,8 @@ class SessionController(Controller):
     async def get_session(
         self, request: AuthedRequest, session_reader: AppDependency[SessionReader], session_id: FromPath[UUID]
     ) -> Response[Session]:
-        return with_etag(await session_reader.get(session_id, request.user.key_id))
+        looked_up = cache_lookup_of(request.scope)
+        return with_etag(await session_reader.get(session_id, request.user.key_id, looked_up))
 
     @patch(
         "/{session_id:uuid}",

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from app.domain.sessions.cache import MISS, SessionCache
 from app.domain.sessions.errors import session_not_found
+from app.domain.sessions.read_shortcut import CacheLookup
 from app.domain.sessions.schemas import Session
 from app.domain.sessions.services import SessionServiceFactory
 
@@ -16,8 +17,12 @@ class SessionReader:
         self.cache = cache
         self.services = services
 
-    async def get(self, session_id: UUID, owner_key_id: UUID) -> Session:
-        cached = await self.cache.get(session_id, owner_key_id)
+    async def get(self, session_id: UUID, owner_key_id: UUID, looked_up: CacheLookup | None = None) -> Session:
+        """`looked_up`: what the cache already answered for this request (app.domain.sessions.read_shortcut)."""
+        if looked_up is not None and (looked_up.session_id, looked_up.owner_key_id) == (session_id, owner_key_id):
+            cached = looked_up.outcome
+        else:
+            cached = await self.cache.get(session_id, owner_key_id)
         if cached is None:
             raise session_not_found(session_id)
         if isinstance(cached, Session):

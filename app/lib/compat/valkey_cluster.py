@@ -20,17 +20,18 @@ failover test (tests/integration/cluster/test_failover.py) fails if they stop wo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlparse
 
 from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
 from valkey.cluster import get_node_name
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import ResponseError, SlotNotCoveredError, ValkeyClusterException
+from valkey.exceptions import NoScriptError, ResponseError, SlotNotCoveredError, ValkeyClusterException
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from app.lib.compat import require_tested
-from app.lib.valkey.pipelined_get import PipelinedGetter
+from app.lib.valkey.pipelined_get import PipelinedGetter, ScriptArg
 
 
 class ResilientValkeyCluster(ValkeyCluster):
@@ -131,25 +132,42 @@ class ClusterPipelinedGetter:
         self._getters: dict[str, PipelinedGetter] = {}
 
     async def get(self, key: str) -> bytes | None:
+        getter = self._getter_for(key)
+        if getter is not None:
+            try:
+                return await getter.get(key)
+            except (ResponseError, ValkeyConnectionError):
+                pass  # MOVED/ASK/CLUSTERDOWN/TRYAGAIN or a dead node: the cluster client follows or reports it
+        value: bytes | None = await self._cluster.get(key)
+        return value
+
+    async def eval_script(self, sha: str, source: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> object:
+        getter = self._getter_for(keys[0]) if keys else None
+        if getter is not None:
+            try:
+                return await getter.eval_script(sha, source, keys, args)
+            except (ResponseError, ValkeyConnectionError):
+                pass  # as for GET: the cluster client follows or reports it
+        cluster: Any = self._cluster  # valkey-py's stubs type script arguments as str only
+        try:
+            return await cluster.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await cluster.eval(source, len(keys), *keys, *args)
+
+    def _getter_for(self, key: str) -> PipelinedGetter | None:
+        """The pipelined connection to the primary serving `key`'s slot; None while the slot map is unknown."""
         cluster = self._cluster
         if cluster._initialize:
-            value: bytes | None = await cluster.get(key)
-            return value
+            return None
         try:
             node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
         except SlotNotCoveredError:
-            value = await cluster.get(key)
-            return value
+            return None
         getter = self._getters.get(node.name)
         if getter is None:
             url = f"{self._scheme}://{self._credentials}{node.host}:{node.port}/0"
             getter = self._getters[node.name] = PipelinedGetter(url, connect_timeout=self._connect_timeout)
-        try:
-            return await getter.get(key)
-        except (ResponseError, ValkeyConnectionError):
-            # MOVED/ASK/CLUSTERDOWN/TRYAGAIN or a dead node: the cluster client follows or reports it.
-            value = await cluster.get(key)
-            return value
+        return getter
 
     async def aclose(self) -> None:
         getters, self._getters = self._getters, {}

@@ -1,31 +1,46 @@
-"""`PipelinedGetter`: GETs from many concurrent requests pipelined over one connection.
+"""`PipelinedGetter`: GETs (and script calls) from many concurrent requests pipelined over one connection.
 
 The hot path of the API (a cached session read) is one GET. Through valkey-py's pool each GET costs
 ~90 µs of CPU here; written straight to one shared connection and answered by a single reader task in
-order, it costs a fraction of that. Only GET goes this way; everything else uses the regular client."""
+order, it costs a fraction of that. The session cache's set-if-newer script (every create and update) goes the
+same way (`eval_script`); everything else uses the regular client."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import libvalkey
+from valkey._parsers.base import BaseParser
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import ResponseError
+from valkey.exceptions import NoScriptError
 
 from app.lib.tasks import cancel_and_wait
 
 _MAX_BUFFERED = 1 << 20
 
 
+ScriptArg = str | bytes | int | float
+
+
 class KeyGetter(Protocol):
-    """A GET for the hot path: `PipelinedGetter` on one node, `ClusterPipelinedGetter` on a cluster."""
+    """A GET and a script call for the hot path: `PipelinedGetter` on one node, `ClusterPipelinedGetter` on a
+    cluster."""
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def eval_script(self, sha: str, source: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> object:
+        """EVALSHA; EVAL with `source` when the node does not know the script (NOSCRIPT). Keys in one slot."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+def _encoded(value: ScriptArg) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _command(*parts: bytes) -> bytes:
@@ -47,7 +62,7 @@ class PipelinedGetter:
         self._db = int(db_text) if db_text.isdigit() else 0
         self._connect_timeout = connect_timeout
         self._writer: asyncio.StreamWriter | None = None
-        self._pending: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
+        self._pending: collections.deque[asyncio.Future[object]] = collections.deque()
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock | None = None
         # Commands issued in the same event-loop turn go out in one write (one syscall for many GETs).
@@ -55,11 +70,23 @@ class PipelinedGetter:
         self._flush_scheduled = False
 
     async def get(self, key: str) -> bytes | None:
+        reply = await self._call(_command(b"GET", key.encode()))
+        assert reply is None or isinstance(reply, bytes)
+        return reply
+
+    async def eval_script(self, sha: str, source: str, keys: Sequence[str], args: Sequence[ScriptArg]) -> object:
+        parts = [str(len(keys)).encode(), *(k.encode() for k in keys), *(_encoded(a) for a in args)]
+        try:
+            return await self._call(_command(b"EVALSHA", sha.encode(), *parts))
+        except NoScriptError:
+            return await self._call(_command(b"EVAL", source.encode(), *parts))
+
+    async def _call(self, command: bytes) -> object:
         writer = self._writer if self._writer is not None else await self._connect()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes | None] = loop.create_future()
+        future: asyncio.Future[object] = loop.create_future()
         self._pending.append(future)
-        self._outgoing.append(_command(b"GET", key.encode()))
+        self._outgoing.append(command)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush, writer)
@@ -132,7 +159,8 @@ class PipelinedGetter:
                     if future.done():  # the caller gave up (timeout); its answer is dropped
                         continue
                     if isinstance(reply, Exception):
-                        future.set_exception(ResponseError(str(reply)))
+                        # valkey-py's own classes (NoScriptError, ReadOnlyError, ...), as its client raises them.
+                        future.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
                     else:
                         future.set_result(reply)
         except (OSError, IndexError) as exc:

@@ -7,7 +7,7 @@ unbeatable version for a while, so a reader that loaded the row just before the 
 from __future__ import annotations
 
 from app.lib.valkey.client import ValkeyClient, register_script
-from app.lib.valkey.pipelined_get import KeyGetter
+from app.lib.valkey.pipelined_get import KeyGetter, ScriptArg
 from app.lib.valkey.timeouts import bounded
 
 TOMBSTONE = b'{"version":9007199254740991,"deleted":true}'
@@ -42,8 +42,12 @@ class VersionedCache:
         return value
 
     async def set_if_newer(self, key: str, version: int, payload: bytes) -> bool:
+        args: list[ScriptArg] = [version, payload, self.ttl]
         async with bounded():
-            return bool(await self._set_if_newer(keys=[key], args=[version, payload, self.ttl]))
+            if self._getter is not None:
+                script = self._set_if_newer
+                return bool(await self._getter.eval_script(script.sha, script.source, [key], args))
+            return bool(await self._set_if_newer(keys=[key], args=args))
 
     async def invalidate(self, key: str) -> None:
         async with bounded():
