@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 NON_DURABLE = frozenset({"partial"})
 MAX_BATCH = 500
+# Rows per persister INSERT: every run's pending rows, so a thousand live runs (10,000 events a second) fit in a
+# few INSERTs a second; a smaller cap let the backlog (and the memory it holds) grow under load.
+PERSIST_BATCH = 2000
 # Events not yet in Postgres beyond which the agent waits: a fast agent is slowed to what the stores take,
 # so a run's end (final status, `done`) never waits for a long backlog to drain.
 MAX_PENDING = 2000
@@ -119,9 +122,9 @@ class EventPersister:
                 values: list[dict[str, Any]] = []
                 now = datetime.now(UTC)
                 for recorder in list(self._dirty.values()):
-                    if len(values) >= MAX_BATCH:
+                    if len(values) >= PERSIST_BATCH:
                         break
-                    rows = recorder.to_db[: MAX_BATCH - len(values)]
+                    rows = recorder.to_db[: PERSIST_BATCH - len(values)]
                     taken.append((recorder, len(rows)))
                     values.extend(_values(recorder.session_id, rows, now))
                 try:

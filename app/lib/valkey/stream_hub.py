@@ -50,7 +50,7 @@ MAX_COALESCE = 0.005
 `MAX_COALESCE`): one XREAD naming every followed stream costs in proportion to their number (to build, to
 parse, for Valkey to serve), so under load each read then carries many streams' entries, at a cost of a few ms
 of latency at a thousand streams and a fraction of one at a few dozen; a quiet hub's read blocks at once."""
-MAX_QUEUED = 5000
+MAX_QUEUED = 1000
 """Entries a subscription holds for a consumer that does not read; beyond, it reads the gap from Valkey."""
 WAKE_TTL_MS = 60_000
 
