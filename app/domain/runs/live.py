@@ -193,11 +193,12 @@ class LiveRun:
         recorded_prompt = False
         try:
             async for event in self.agent.events():
-                data = dict(event.data)
+                data = event.data  # copied before any change: the agent's own dict is left alone
                 name = event.event
                 if name == "done":
                     continue  # only the run itself ends a stream
                 if name == "init":
+                    data = dict(data)
                     await self._on_init(data)
                     data = {"session_id": str(self.session_id), "run_id": str(self.run_id), **data}
                 elif not recorded_prompt:

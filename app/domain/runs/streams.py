@@ -153,18 +153,21 @@ class EventFollower:
                     if entries is None:
                         return  # this instance is shutting down
                     mine: list[SSEFrame] = []
+                    # Stream ids only grow, so once one entry is past what the client has, every later one is: the
+                    # ids are compared until then, not for every entry of a burst.
+                    past = False
                     for entry in entries:
                         cursor = entry.id
-                        if entry.fields.get("r") != run or not _later(entry.id, delivered):
+                        fields = entry.fields
+                        if fields.get("r") != run:
                             continue
-                        mine.append(
-                            SSEFrame(
-                                id=entry.id,
-                                event=entry.fields.get("e", b"message").decode(),
-                                data=entry.fields.get("d", b"{}"),
-                            )
-                        )
-                        if mine[-1].event == "done":
+                        if not past:
+                            past = _later(cursor, delivered)
+                            if not past:
+                                continue
+                        event = fields.get("e", b"message").decode()
+                        mine.append(SSEFrame(cursor, event, fields.get("d", b"{}")))
+                        if event == "done":
                             break
                     if not mine and await self._has_ended(session_id, run_id):
                         if entries or not read_after_end:

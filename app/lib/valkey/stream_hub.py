@@ -280,7 +280,7 @@ class StreamHub:
                 # Its last subscriber left while the read was in flight (and maybe a new one joined, from its own
                 # cursor): the next read starts where the stream's subscribers are now.
                 continue
-            entries = [LogEntry(id=_id(eid), fields={k.decode(): v for k, v in f.items()}) for eid, f in items]
+            entries = [LogEntry(_id(eid), {k.decode(): v for k, v in f.items()}) for eid, f in items]
             self._cursors[key] = entries[-1].id
             for sub in subs:
                 sub._push(entries)
