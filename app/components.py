@@ -41,6 +41,7 @@ from app.lib.valkey.lease import RunLease
 from app.lib.valkey.lock import DistributedLock
 from app.lib.valkey.presence import InstancePresence
 from app.lib.valkey.rate_limiter import FixedWindowRateLimiter
+from app.lib.valkey.stream_hub import StreamHub, wake_key
 from app.lib.valkey.versioned_cache import VersionedCache
 
 
@@ -82,7 +83,7 @@ class AppComponents:
             on_missed_write=PendingInvalidations(alchemy).record,
         )
         lease = RunLease(valkey.main, ttl_ms=settings.runs.lease_ttl_ms)
-        events = EventLog(valkey.main, valkey.blocking)
+        events = EventLog(valkey.main, valkey.blocking, pipeline_appends=not settings.valkey.cluster)
         store = RunStore(alchemy, cache, hook=enqueue_for_run)
         run_manager = RunManager(
             settings,
@@ -95,7 +96,7 @@ class AppComponents:
                 settings.app.instance_id,
                 announce=None if settings.valkey.cluster else CONTROL_ANNOUNCE_CHANNEL,
             ),
-            markers=SignalMarker(valkey.main),
+            markers=SignalMarker(valkey.main, getter=valkey.getter),
             backend=backend,
         )
         session_services = SessionServiceFactory(
@@ -111,7 +112,14 @@ class AppComponents:
             runs=run_manager,
         )
         session_reader = SessionReader(cache, session_services)
-        follower = EventFollower(events, lease, store, alchemy, settings.runs.ping_interval)
+        # One node: followers share one blocking reader. A cluster: each follows on its own (a multi-key XREAD
+        # cannot span the sessions' slots).
+        hub = (
+            None
+            if settings.valkey.cluster
+            else StreamHub(events, valkey.main, valkey.blocking, wake_key(settings.app.instance_id))
+        )
+        follower = EventFollower(events, lease, store, alchemy, settings.runs.ping_interval, hub=hub)
         presence = InstancePresence(
             valkey.main,
             settings.app.instance_id,

@@ -75,6 +75,7 @@ class AppLifespan:
         await c.run_reaper.stop()
         await self.drain()  # at once if SIGTERM already drained (app.lib.compat.granian_signals)
         await c.run_manager.close()
+        await c.event_follower.aclose()
         # Last of the runs' part: until here this instance's runs were its own; now others may take over at once.
         await c.presence.stop()
         await c.webhooks.stop()  # after the runs: their final events are in the outbox, any instance sends them

@@ -13,6 +13,7 @@ from app.db.models import SessionEvent
 from app.domain.runs.streams import EventFollower
 from app.lib.sse import SSEFrame
 from app.lib.valkey.event_log import LogEntry
+from app.lib.valkey.stream_hub import Subscription
 from tests.helpers import assert_problem, collect_sse, iter_sse, wait_for
 from tests.instances import Instance
 
@@ -103,11 +104,13 @@ async def test_a_follower_that_just_missed_done_finds_it_in_the_stream(a: Instan
     class JustMissedDone(EventFollower):
         missed = False
 
-        async def _read(self, key: str, last: str, block_ms: int | None) -> list[LogEntry] | None:
+        async def _read(
+            self, key: str, last: str, block_ms: int | None, sub: Subscription | None = None
+        ) -> list[LogEntry] | None:
             if not self.missed:
                 self.missed = True
                 return []  # this read returned a moment before `done` was appended
-            return await super()._read(key, last, block_ms)
+            return await super()._read(key, last, block_ms, sub)
 
     follower = JustMissedDone(base.events, base.lease, base.store, base.alchemy, base.ping_interval)
     frames: list[SSEFrame] = []

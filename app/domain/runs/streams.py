@@ -4,7 +4,10 @@ A session has one Valkey Stream; each entry names its run (`r`). A follower read
 client's last id and keeps only its run's entries, following live (XREAD BLOCK) until that run's `done`. When
 the stream no longer has them (Valkey flushed or restarted, or a later run of the session reset the stream),
 the run's durable events are replayed from Postgres. A `: ping` comment goes out after every `ping_interval`
-seconds without an event of this run (a queued run's stream pings until it starts)."""
+seconds without an event of this run (a queued run's stream pings until it starts).
+
+On one Valkey node the live part goes through the instance's `StreamHub` (one blocking reader for every
+follower: a follower costs a queue, not a connection); on a cluster each follower does its own XREAD BLOCK."""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from app.lib.sse import SSEFrame
 from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.event_log import EventLog, LogEntry, parse_entry_id
 from app.lib.valkey.lease import RunLease
+from app.lib.valkey.stream_hub import StreamHub, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +49,16 @@ def _later(a: str, b: str) -> bool:
 
 class EventFollower:
     def __init__(
-        self, events: EventLog, lease: RunLease, store: RunStore, alchemy: SQLAlchemyAsyncConfig, ping_interval: float
+        self,
+        events: EventLog,
+        lease: RunLease,
+        store: RunStore,
+        alchemy: SQLAlchemyAsyncConfig,
+        ping_interval: float,
+        hub: StreamHub | None = None,
     ) -> None:
         self.events = events
+        self.hub = hub
         self.lease = lease
         self.store = store
         self.alchemy = alchemy
@@ -59,6 +70,14 @@ class EventFollower:
 
     def close(self) -> None:
         self.closing.set()
+        if self.hub is not None:
+            self.hub.wake_all()  # waiting reads return now and see `closing`
+
+    async def aclose(self) -> None:
+        """Stops the shared reader (after `close`: the streams have ended)."""
+        self.close()
+        if self.hub is not None:
+            await self.hub.aclose()
 
     async def last_event_id(self, session_id: UUID, run_id: UUID) -> str | None:
         """The newest id of this run's events anywhere (the stream, else Postgres): a client's
@@ -78,13 +97,21 @@ class EventFollower:
             return durable
         return newest
 
-    async def _read(self, key: str, last: str, block_ms: int | None) -> list[LogEntry] | None:
+    async def _read(
+        self, key: str, last: str, block_ms: int | None, sub: Subscription | None = None
+    ) -> list[LogEntry] | None:
         """The next entries after `last`. Once the follower is closing a read does not block: what is already
         there is still delivered (a drained run's `done`), and None means "nothing more, end the stream"."""
         if block_ms is None:
             return await self.events.read_after(key, last, count=READ_COUNT)
         if self.closing.is_set():
             return await self.events.read_after(key, last, count=READ_COUNT) or None
+        if sub is not None:
+            # No task or connection of our own: the shared read wakes us (`close` wakes every waiting read).
+            entries = await sub.read(last, count=READ_COUNT, block_ms=block_ms)
+            if not entries and self.closing.is_set():
+                return await self.events.read_after(key, last, count=READ_COUNT) or None
+            return entries
         read = asyncio.ensure_future(self.events.read_after(key, last, count=READ_COUNT, block_ms=block_ms))
         closed = asyncio.ensure_future(self.closing.wait())
         try:
@@ -116,66 +143,73 @@ class EventFollower:
         # The first look does not block: a client rejoining after `done` gets its end at once.
         block_ms: int | None = None
         read_after_end = False
-        while True:
-            try:
-                entries = await self._read(key, cursor, block_ms)
-                if entries is None:
-                    return  # this instance is shutting down
-                mine: list[SSEFrame] = []
-                # Stream ids only grow, so once one entry is past what the client has, every later one is: the
-                # ids are compared until then, not for every entry of a burst.
-                past = False
-                for entry in entries:
-                    cursor = entry.id
-                    fields = entry.fields
-                    if fields.get("r") != run:
-                        continue
-                    if not past:
-                        past = _later(cursor, delivered)
-                        if not past:
+        sub: Subscription | None = None  # the live part, through the shared reader (one node)
+        try:
+            while True:
+                try:
+                    if block_ms is not None and sub is None and self.hub is not None:
+                        sub = self.hub.subscribe(key, cursor)
+                    entries = await self._read(key, cursor, block_ms, sub)
+                    if entries is None:
+                        return  # this instance is shutting down
+                    mine: list[SSEFrame] = []
+                    # Stream ids only grow, so once one entry is past what the client has, every later one is: the
+                    # ids are compared until then, not for every entry of a burst.
+                    past = False
+                    for entry in entries:
+                        cursor = entry.id
+                        fields = entry.fields
+                        if fields.get("r") != run:
                             continue
-                    event = fields.get("e", b"message").decode()
-                    mine.append(SSEFrame(cursor, event, fields.get("d", b"{}")))
-                    if event == "done":
-                        break
-                if not mine and await self._has_ended(session_id, run_id):
-                    if entries or not read_after_end:
-                        # Its `done` may have reached the stream after this read (the lease goes as `done` is
-                        # appended): read on to the stream's end, without blocking, before asking Postgres,
-                        # whose copy of the last events can lag (the persister batches; under load, seconds).
-                        read_after_end = True
-                        block_ms = None
-                        continue
-                    # Ended, and the stream has nothing more of it: what it missed is in Postgres.
-                    async for batch in self._replay_ended(session_id, run_id, delivered):
-                        yield batch
-                    return
-            except Exception as exc:
-                # Valkey or Postgres unreachable for a moment: the run goes on (its writers retry), so the
-                # stream stays open with pings and reads on when they are back, instead of breaking mid-body.
-                if not (is_valkey_unavailable(exc) or is_database_unavailable(exc)):
-                    raise
-                now = time.monotonic()
-                outage_since = outage_since or now
-                if now - outage_since > MAX_OUTAGE_SECONDS:
-                    raise
-                logger.warning("event stream of %s: %s, retrying", session_id, type(exc).__name__)
-                await asyncio.sleep(OUTAGE_RETRY_SECONDS)
-                yield None
-                continue
-            outage_since = None
-            block_ms = self.ping_ms
-            if mine:
-                delivered = mine[-1].id
-                last_yield = time.monotonic()
-                yield mine
-                if mine[-1].event == "done":
-                    return
-                if self.closing.is_set():
-                    return  # shutting down: what was there is delivered; a run elsewhere goes on without us
-            elif not entries or time.monotonic() - last_yield >= self.ping_interval:
-                last_yield = time.monotonic()
-                yield None  # a blocking read's worth of silence (for this run): ping
+                        if not past:
+                            past = _later(cursor, delivered)
+                            if not past:
+                                continue
+                        event = fields.get("e", b"message").decode()
+                        mine.append(SSEFrame(cursor, event, fields.get("d", b"{}")))
+                        if event == "done":
+                            break
+                    if not mine and await self._has_ended(session_id, run_id):
+                        if entries or not read_after_end:
+                            # Its `done` may have reached the stream after this read (the lease goes as `done` is
+                            # appended): read on to the stream's end, without blocking, before asking Postgres,
+                            # whose copy of the last events can lag (the persister batches; under load, seconds).
+                            read_after_end = True
+                            block_ms = None
+                            continue
+                        # Ended, and the stream has nothing more of it: what it missed is in Postgres.
+                        async for batch in self._replay_ended(session_id, run_id, delivered):
+                            yield batch
+                        return
+                except Exception as exc:
+                    # Valkey or Postgres unreachable for a moment: the run goes on (its writers retry), so the
+                    # stream stays open with pings and reads on when they are back, instead of breaking mid-body.
+                    if not (is_valkey_unavailable(exc) or is_database_unavailable(exc)):
+                        raise
+                    now = time.monotonic()
+                    outage_since = outage_since or now
+                    if now - outage_since > MAX_OUTAGE_SECONDS:
+                        raise
+                    logger.warning("event stream of %s: %s, retrying", session_id, type(exc).__name__)
+                    await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+                    yield None
+                    continue
+                outage_since = None
+                block_ms = self.ping_ms
+                if mine:
+                    delivered = mine[-1].id
+                    last_yield = time.monotonic()
+                    yield mine
+                    if mine[-1].event == "done":
+                        return
+                    if self.closing.is_set():
+                        return  # shutting down: what was there is delivered; a run elsewhere goes on without us
+                elif not entries or time.monotonic() - last_yield >= self.ping_interval:
+                    last_yield = time.monotonic()
+                    yield None  # a blocking read's worth of silence (for this run): ping
+        finally:
+            if sub is not None:
+                sub.close()  # the client left or the run ended: the shared read stops naming this stream
 
     async def _has_ended(self, session_id: UUID, run_id: UUID) -> bool:
         """While its lease names it the run is live (no database query); otherwise Postgres decides."""

@@ -25,6 +25,7 @@ from app.lib.tasks import cancel_and_wait
 from app.lib.valkey.client import ValkeyClient, register_script
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.keys import scoped_key
+from app.lib.valkey.pipelined_get import KeyGetter
 from app.lib.valkey.timeouts import bounded
 
 logger = logging.getLogger(__name__)
@@ -151,10 +152,12 @@ class SignalMarker:
     """A short-lived marker key beside a control message (e.g. an interrupt), so a receiver that missed
     the message still finds the signal when it polls."""
 
-    def __init__(self, client: ValkeyClient) -> None:
+    def __init__(self, client: ValkeyClient, getter: KeyGetter | None = None) -> None:
         self._client = client
+        # Every live run polls its marker each second: through the pipelined GET (a fraction of a pooled one).
+        self._getter = getter
 
     async def get(self, key: str) -> str | None:
         async with bounded():
-            value = await self._client.get(key)
+            value = await (self._getter.get(key) if self._getter is not None else self._client.get(key))
         return value.decode() if isinstance(value, bytes) else value
