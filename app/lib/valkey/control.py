@@ -158,6 +158,9 @@ class SignalMarker:
         self._getter = getter
 
     async def get(self, key: str) -> str | None:
-        async with bounded():
-            value = await (self._getter.get(key) if self._getter is not None else self._client.get(key))
+        if self._getter is not None:
+            value: bytes | str | None = await self._getter.get(key)  # bounded by the getter itself
+        else:
+            async with bounded():
+                value = await self._client.get(key)
         return value.decode() if isinstance(value, bytes) else value
