@@ -80,6 +80,12 @@ def _request_bytes(spec: LoadSpec) -> tuple[str, int, bytes]:
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """Reads one response; returns (status, keep_alive)."""
+    status, keep_alive, _ = await read_response(reader)
+    return status, keep_alive
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """Reads one response; returns (status, keep_alive, body)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -95,17 +101,20 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
             chunked = True
         elif name == b"connection" and value.strip().lower() == b"close":
             keep_alive = False
+    body = b""
     if chunked:
+        parts = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
-            await reader.readexactly(size + 2)
+            parts.append((await reader.readexactly(size + 2))[:size])
             if size == 0:
                 break
+        body = b"".join(parts)
     elif length:
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
     elif length is None and status not in (204, 304) and status >= 200:
         keep_alive = False  # body delimited by close: not expected from our server
-    return status, keep_alive
+    return status, keep_alive, body
 
 
 async def _connection(
