@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 
+from app.db.driver import pooled_driver
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.event_log import EventLog, parse_entry_id
 
@@ -153,27 +154,18 @@ async def insert_events(alchemy: SQLAlchemyAsyncConfig, batch: EventBatch) -> No
     are ignored, and so are the rows of sessions that no longer exist."""
     if not batch.count:
         return
-    async with alchemy.get_engine().connect() as conn:
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None
+    async with pooled_driver(alchemy.get_engine()) as driver:
         try:
-            try:
+            async with driver.transaction():
+                await driver.copy_to_table(
+                    "session_event", source=batch.copy_payload(), columns=_COLUMNS, format="binary"
+                )
+        except asyncpg.IntegrityConstraintViolationError:
+            alive = {row[0] for row in await driver.fetch(_ALIVE, list(batch.session_ids))}
+            columns = batch.columns(alive)
+            if columns[0]:
                 async with driver.transaction():
-                    await driver.copy_to_table(
-                        "session_event", source=batch.copy_payload(), columns=_COLUMNS, format="binary"
-                    )
-            except asyncpg.IntegrityConstraintViolationError:
-                alive = {row[0] for row in await driver.fetch(_ALIVE, list(batch.session_ids))}
-                columns = batch.columns(alive)
-                if columns[0]:
-                    async with driver.transaction():
-                        await driver.execute(_INSERT_IGNORING_REPLAYS, *columns, batch.now)
-        except asyncpg.PostgresError:
-            raise  # the statement failed and its transaction was rolled back: the connection is still good
-        except BaseException:
-            # Broken or cut off mid-statement (the driver's error never passed through SQLAlchemy): not pooled again.
-            await conn.invalidate()
-            raise
+                    await driver.execute(_INSERT_IGNORING_REPLAYS, *columns, batch.now)
 
 
 async def persist_events(alchemy: SQLAlchemyAsyncConfig, session_id: UUID, rows: list[Row]) -> None:
