@@ -26,6 +26,7 @@ from app.domain.runs.services import RunService
 from app.domain.runs.store import RunStore
 from app.domain.runs.streams import EventFollower
 from app.domain.sessions.cache import SessionCache
+from app.domain.sessions.creator import SessionCreator
 from app.domain.sessions.invalidations import InvalidationSweeper, PendingInvalidations
 from app.domain.sessions.reader import SessionReader
 from app.domain.sessions.services import SessionServiceFactory
@@ -59,6 +60,7 @@ class AppComponents:
     session_cache: SessionCache
     session_services: SessionServiceFactory
     session_reader: SessionReader
+    session_creator: SessionCreator
     run_store: RunStore
     run_manager: RunManager
     run_service: RunService
@@ -134,6 +136,7 @@ class AppComponents:
             session_cache=cache,
             session_services=session_services,
             session_reader=session_reader,
+            session_creator=SessionCreator(alchemy, cache, run_manager),
             run_store=store,
             run_manager=run_manager,
             run_service=RunService(session_reader, run_manager, store, follower),
@@ -170,6 +173,7 @@ class AppComponents:
             "valkey_clients": self.valkey,
             "session_services": self.session_services,
             "session_reader": self.session_reader,
+            "session_creator": self.session_creator,
             "run_manager": self.run_manager,
             "run_service": self.run_service,
             "model_catalog": self.model_catalog,

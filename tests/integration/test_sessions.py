@@ -13,7 +13,7 @@ from sqlalchemy import text
 from valkey.asyncio import Valkey
 
 from app.asgi import build_alchemy_config
-from app.domain.sessions.valkey_keys import events_key, interrupt_key
+from app.domain.sessions.valkey_keys import events_key, interrupt_key, session_key
 from tests.helpers import SESSION_FIELDS, assert_problem
 from tests.instances import Instance, make_settings
 from tests.servers import TestServers
@@ -120,6 +120,25 @@ async def test_get_returns_same_session_from_either_instance(a: Instance, b: Ins
             assert got.status_code == 200, got.text
             assert got.headers["etag"] == '"1"'
             assert got.json() == created
+
+
+async def test_created_session_is_what_postgres_stores(a: Instance, api_key: str, valkey: Valkey) -> None:
+    """The create answers (and caches) the values it inserted, without reading the row back: a read from
+    Postgres must give the same session, every member and timestamp alike."""
+    async with a.client(api_key) as c:
+        created = await create(
+            c,
+            title="stored \u00e9\U0001f600",
+            model="m1",
+            permission_mode="plan",
+            tags=["a", "b"],
+            metadata={"deep": {"x": [1, 2.5, None, True]}, "s": "\u00fc"},
+        )
+        await valkey.delete(session_key(created["id"]))
+        got = await c.get(f"{API}/{created['id']}")
+        assert got.status_code == 200, got.text
+        assert got.headers["etag"] == '"1"'
+        assert got.json() == created
 
 
 async def test_get_unknown_session_is_404(a: Instance, api_key: str) -> None:

@@ -10,6 +10,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from app.domain.idempotency import IDEMPOTENT_OPT, IdempotencyKey
 from app.domain.keys.principal import AuthedRequest
+from app.domain.sessions.creator import SessionCreator
 from app.domain.sessions.dependencies import provide_session_service
 from app.domain.sessions.errors import invalid_if_match
 from app.domain.sessions.read_shortcut import cache_lookup_of
@@ -86,13 +87,13 @@ class SessionController(Controller):
     async def create_session(
         self,
         request: AuthedRequest,
-        session_service: NamedDependency[SessionService],
+        session_creator: AppDependency[SessionCreator],
         data: JSONBody[SessionCreate | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[Session]:
         # Every member is optional, so no body at all is an empty session, as `{}` is.
         body = data if data is not None else SessionCreate()
-        return with_etag(await session_service.create_session(request.user.key_id, body), 201)
+        return with_etag(await session_creator.create(request.user.key_id, body), 201)
 
     @get("/", summary="List sessions, newest first", responses=problem_responses())
     async def list_sessions(

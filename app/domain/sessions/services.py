@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -20,7 +21,6 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from app.agents.base import AgentRequestError
 from app.db.models import AgentSession, AgentTranscriptEntry, SessionEvent, TranscriptEntry
-from app.db.new_rows import NewRows
 from app.domain.sessions.cache import SessionCache
 from app.domain.sessions.errors import (
     busy_for_delete,
@@ -35,7 +35,6 @@ from app.domain.sessions.schemas import (
     ActiveRun,
     MessagePage,
     Session,
-    SessionCreate,
     SessionMessage,
     SessionPage,
     SessionUpdate,
@@ -64,10 +63,52 @@ class SessionRuns(Protocol):
         """The session's live event stream goes (best effort: it expires on its own)."""
 
 
-_NEW_SESSION = NewRows(AgentSession)
+class SessionRow(Protocol):
+    """What `to_schema` reads: an `AgentSession`, or a new row's attributes as they were inserted."""
+
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def title(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def permission_mode(self) -> str | None: ...
+    @property
+    def parent_session_id(self) -> UUID | None: ...
+    @property
+    def tags(self) -> list[str]: ...
+    @property
+    def meta(self) -> dict[str, Any]: ...
+    @property
+    def total_turns(self) -> int: ...
+    @property
+    def total_cost_usd(self) -> float: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def last_run_at(self) -> datetime | None: ...
+    @property
+    def active_run_id(self) -> UUID | None: ...
+    @property
+    def active_instance_id(self) -> str | None: ...
+    @property
+    def active_started_at(self) -> datetime | None: ...
+    @property
+    def queued_runs(self) -> int: ...
 
 
-def to_schema(row: AgentSession) -> Session:
+def to_schema(row: SessionRow) -> Session:
     active = (
         ActiveRun(run_id=row.active_run_id, instance_id=row.active_instance_id or "", started_at=row.active_started_at)
         if row.active_run_id is not None and row.active_started_at is not None
@@ -94,17 +135,17 @@ def to_schema(row: AgentSession) -> Session:
     )
 
 
+def check_session_settings(runs: SessionRuns, model: str | None, permission_mode: str | None) -> None:
+    """A session never stores settings its runs would refuse."""
+    try:
+        runs.check_session_settings(model, permission_mode)
+    except AgentRequestError as exc:
+        raise invalid_session_settings(str(exc)) from exc
+
+
 class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     class Repository(SQLAlchemyAsyncRepository[AgentSession]):
         model_type = AgentSession
-
-        async def insert_new(self, **values: Any) -> AgentSession:
-            """A new row (`values` by attribute name; every other column its default) in one Core INSERT, not
-            through the unit of work: flush, listeners and identity map cost more CPU than the rest of a create.
-            Every value is made here, so nothing is read back; the row is returned transient, as inserted."""
-            attributes = _NEW_SESSION.values(values)
-            await self.session.execute(_NEW_SESSION.insert, _NEW_SESSION.parameters(attributes))
-            return AgentSession(**attributes)
 
     repository_type = Repository
 
@@ -115,13 +156,6 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
         self.cache = cache
         self.lock = lock
         self.runs = runs
-
-    def check_agent_settings(self, model: str | None, permission_mode: str | None) -> None:
-        """A session never stores settings its runs would refuse."""
-        try:
-            self.runs.check_session_settings(model, permission_mode)
-        except AgentRequestError as exc:
-            raise invalid_session_settings(str(exc)) from exc
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -192,26 +226,6 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
 
     # -- writes ------------------------------------------------------------------------------------
 
-    async def create_session(self, owner_key_id: UUID, data: SessionCreate) -> Session:
-        self.check_agent_settings(data.model, data.permission_mode)
-        db = self.repository.session
-        if not db.in_transaction():
-            # One INSERT is atomic on its own: without BEGIN and COMMIT it is one round trip instead of three.
-            await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        row = await self.repository.insert_new(
-            owner_key_id=owner_key_id,
-            title=data.title,
-            model=data.model,
-            permission_mode=data.permission_mode,
-            tags=list(data.tags),
-            meta=dict(data.metadata),
-        )
-        if db.in_transaction():
-            await db.commit()
-        session = to_schema(row)
-        await self.cache.put(session, owner_key_id)
-        return session
-
     async def update_fenced(
         self,
         session_id: UUID,
@@ -275,7 +289,7 @@ class SessionService(SQLAlchemyAsyncRepositoryService[AgentSession]):
     ) -> Session:
         model = data.model if data.model is not UNSET else None
         permission_mode = data.permission_mode if data.permission_mode is not UNSET else None
-        self.check_agent_settings(model, permission_mode)
+        check_session_settings(self.runs, model, permission_mode)
 
         def mutate(row: AgentSession) -> None:
             if data.title is not UNSET:
