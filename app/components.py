@@ -83,7 +83,7 @@ class AppComponents:
             on_missed_write=PendingInvalidations(alchemy).record,
         )
         lease = RunLease(valkey.main, ttl_ms=settings.runs.lease_ttl_ms)
-        events = EventLog(valkey.main, valkey.blocking, pipeline_appends=not settings.valkey.cluster)
+        events = EventLog(valkey.main, valkey.blocking, appender=valkey.appender)
         store = RunStore(alchemy, cache, hook=enqueue_for_run)
         run_manager = RunManager(
             settings,

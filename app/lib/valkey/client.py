@@ -39,6 +39,9 @@ class ValkeyClients:
     blocking: ValkeyClient
     getter: KeyGetter
     """The hot-path GET (see `PipelinedGetter`; on a cluster one per primary, routed by slot)."""
+    appender: KeyGetter | None = None
+    """One node only: the event appends of every run on this instance, pipelined on a connection of their own
+    (see `EventLog`). A cluster appends through `main`, which routes each stream to its node."""
     cluster: bool = False
 
     @classmethod
@@ -75,7 +78,12 @@ class ValkeyClients:
             max_connections=max_connections,
             health_check_interval=30,
         )
-        return cls(main=main, blocking=blocking, getter=PipelinedGetter(url, connect_timeout=connect_timeout))
+        return cls(
+            main=main,
+            blocking=blocking,
+            getter=PipelinedGetter(url, connect_timeout=connect_timeout),
+            appender=PipelinedGetter(url, connect_timeout=connect_timeout),
+        )
 
     async def check(self) -> dict[str, Any]:
         """Raises if Valkey cannot serve (unreachable; on a cluster, also `cluster_state` not `ok`); returns what
@@ -99,6 +107,8 @@ class ValkeyClients:
 
     async def aclose(self) -> None:
         await self.getter.aclose()
+        if self.appender is not None:
+            await self.appender.aclose()
         await self.main.aclose()
         await self.blocking.aclose()
 
