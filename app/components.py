@@ -85,7 +85,7 @@ class AppComponents:
             on_missed_write=PendingInvalidations(alchemy).record,
         )
         lease = RunLease(valkey.main, ttl_ms=settings.runs.lease_ttl_ms)
-        events = EventLog(valkey.main, valkey.blocking, pipeline_appends=not settings.valkey.cluster)
+        events = EventLog(valkey.main, valkey.blocking, appender=valkey.appender)
         store = RunStore(alchemy, cache, hook=enqueue_for_run)
         run_manager = RunManager(
             settings,
@@ -118,8 +118,8 @@ class AppComponents:
         # cannot span the sessions' slots).
         hub = (
             None
-            if settings.valkey.cluster
-            else StreamHub(events, valkey.main, valkey.blocking, wake_key(settings.app.instance_id))
+            if valkey.stream_reader is None  # a cluster: a multi-key XREAD must not span slots
+            else StreamHub(events, valkey.main, valkey.stream_reader, wake_key(settings.app.instance_id))
         )
         follower = EventFollower(events, lease, store, alchemy, settings.runs.ping_interval, hub=hub)
         presence = InstancePresence(

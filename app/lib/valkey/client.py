@@ -39,6 +39,11 @@ class ValkeyClients:
     blocking: ValkeyClient
     getter: KeyGetter
     """The hot-path GET (see `PipelinedGetter`; on a cluster one per primary, routed by slot)."""
+    appender: KeyGetter | None = None
+    """One node only: the event appends of every run on this instance, pipelined on a connection of their own
+    (see `EventLog`). A cluster appends through `main`, which routes each stream to its node."""
+    stream_reader: PipelinedGetter | None = None
+    """One node only: the `StreamHub`'s blocking XREAD of every followed stream, on a connection of its own."""
     cluster: bool = False
 
     @classmethod
@@ -75,7 +80,13 @@ class ValkeyClients:
             max_connections=max_connections,
             health_check_interval=30,
         )
-        return cls(main=main, blocking=blocking, getter=PipelinedGetter(url, connect_timeout=connect_timeout))
+        return cls(
+            main=main,
+            blocking=blocking,
+            getter=PipelinedGetter(url, connect_timeout=connect_timeout),
+            appender=PipelinedGetter(url, connect_timeout=connect_timeout),
+            stream_reader=PipelinedGetter(url, connect_timeout=connect_timeout),
+        )
 
     async def check(self) -> dict[str, Any]:
         """Raises if Valkey cannot serve (unreachable; on a cluster, also `cluster_state` not `ok`); returns what
@@ -99,6 +110,9 @@ class ValkeyClients:
 
     async def aclose(self) -> None:
         await self.getter.aclose()
+        for own in (self.appender, self.stream_reader):
+            if own is not None:
+                await own.aclose()
         await self.main.aclose()
         await self.blocking.aclose()
 

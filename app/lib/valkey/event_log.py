@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from valkey.exceptions import NoScriptError
-
 from app.lib.valkey.client import ValkeyClient, register_script
+from app.lib.valkey.pipelined_get import KeyGetter
 from app.lib.valkey.timeouts import bounded
 
 # Every entry of a batch in one script call on the stream's key (one slot), its values concatenated into one
@@ -62,28 +59,21 @@ return 1
 """
 
 
-logger = logging.getLogger(__name__)
-
-MAX_PIPELINES = 4
-"""Append pipelines in flight at once (each holds a pooled connection while it waits for its replies)."""
-
-_Append = tuple[str, list[str | bytes], "asyncio.Future[Any]"]
-
-
 class EventLog:
-    def __init__(self, client: ValkeyClient, blocking_client: ValkeyClient, *, pipeline_appends: bool = False) -> None:
-        """`pipeline_appends` (one node only): the appends of every writer on this instance that are due in the
-        same moment go out in one pipeline, one round trip and one connection, instead of one script call (and,
-        when they overlap, one pooled connection) each: a thousand live runs ticking at once were a thousand
-        commands a tick and as many connections."""
+    def __init__(
+        self, client: ValkeyClient, blocking_client: ValkeyClient, *, appender: KeyGetter | None = None
+    ) -> None:
+        """`appender` (one node: a `PipelinedGetter` of its own): the appends of every writer on this instance that
+        are due in the same moment go out in one write on one connection, each bounded by that batch's one timer,
+        instead of one script call (and, when they overlap, one pooled connection) each: a thousand live runs
+        ticking at once were a thousand commands a tick and as many connections. Its own connection, not the
+        cache's: a cached read must not wait behind a burst's 500-entry append. Without it (a cluster), each
+        append is one script call on `client`, which routes it to the stream's node."""
         self._client = client
         self._blocking = blocking_client
         self._append_many = register_script(client, _APPEND_MANY)
         self._reset = register_script(client, _RESET)
-        self._pipeline_appends = pipeline_appends
-        self._queued: list[_Append] = []
-        self._senders: set[asyncio.Task[None]] = set()
-        self._sender_starting = False  # a sender exists that has not taken the queue yet
+        self._appender = appender
 
     async def reset(self, key: str) -> None:
         """Empties the stream but keeps the key, so new ids still grow past the old ones; no TTL while live."""
@@ -111,57 +101,12 @@ class EventLog:
         if len(values) % len(names):
             raise ValueError("append_values: the values are not a whole number of entries")
         args: list[str | bytes] = [",".join([str(len(v)) for v in values]), b"".join(values), *names]
-        async with bounded():
-            ids = await (self._queue_append(key, args) if self._pipeline_appends else self._append_many([key], args))
+        if self._appender is not None:
+            ids: Any = await self._appender.eval_script(self._append_many.sha, self._append_many.source, [key], args)
+        else:
+            async with bounded():
+                ids = await self._append_many([key], args)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-    def _queue_append(self, key: str, args: list[str | bytes]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((key, args, future))
-        # Appends queued in the same loop turn share a pipeline; while pipelines are in flight, a few more may
-        # start (so an append does not wait a whole round trip for the one before), each writer having one
-        # append in flight at most, so no stream's entries are reordered.
-        if not self._sender_starting and len(self._senders) < MAX_PIPELINES:
-            self._sender_starting = True
-            task = asyncio.create_task(self._send_appends(), name="event-log-appends")
-            self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
-        return future
-
-    async def _send_appends(self) -> None:
-        """Sends what is queued in one pipeline, then what was queued meanwhile if no other sender took it."""
-        self._sender_starting = False
-        while self._queued:
-            # A caller whose own bound ran out no longer waits: its writer retries the batch itself.
-            batch = [item for item in self._queued if not item[2].done()]
-            self._queued = []
-            if not batch:
-                continue
-            try:
-                async with bounded(), self._client.pipeline(transaction=False) as pipe:
-                    for key, args, _ in batch:
-                        pipe.evalsha(self._append_many.sha, 1, key, *args)  # type: ignore[arg-type]  # bytes too
-                    replies = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # noqa: BLE001 - handed to every caller, which handles it
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (key, args, future), reply in zip(batch, replies, strict=True):
-                if future.done():
-                    continue
-                if isinstance(reply, NoScriptError):
-                    # A node that does not know the script yet (new or restarted): once, on its own.
-                    try:
-                        reply = await self._append_many([key], args)
-                    except Exception as exc:  # noqa: BLE001 - handed to every caller, which handles it
-                        reply = exc
-                if future.done():
-                    continue
-                if isinstance(reply, BaseException):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
 
     async def delete(self, *keys: str) -> None:
         async with bounded():
