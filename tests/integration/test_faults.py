@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import pytest
 from valkey.asyncio import Valkey
@@ -199,3 +200,26 @@ async def test_postgres_down_gives_503_quickly_and_recovers(
         patched = await cb.patch(f"{API}/{cached_sid}", json={"title": "patched after"})
         assert patched.status_code == 200
         assert patched.json()["version"] == 2
+
+
+async def test_creates_after_the_database_dropped_every_pooled_connection_fail_once_at_most(
+    servers: TestServers, instance_factory: Any, api_key: str
+) -> None:
+    """The create's INSERT runs on a pooled connection's driver, past SQLAlchemy's disconnect handling: when
+    Postgres drops the connections (a restart, an operator's pg_terminate_backend), the first create that finds one
+    dead replaces the whole pool, as SQLAlchemy does, so the next ones do not each find another."""
+    instance: Instance = await instance_factory("pool-drop")
+    engine = instance.components.alchemy.get_engine()
+    pooled = [await engine.raw_connection() for _ in range(5)]  # five connections in the pool, fresh (no ping)
+    pids = [await conn.driver_connection.fetchval("SELECT pg_backend_pid()") for conn in pooled]  # type: ignore[union-attr]
+    for conn in pooled:
+        conn.close()
+    admin = await asyncpg.connect(servers.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert all(await admin.fetch("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids))
+    finally:
+        await admin.close()
+    async with instance.client(api_key) as client:
+        statuses = [(await client.post(API, json={"title": "after the drop"})).status_code for _ in range(5)]
+    assert statuses.count(201) >= 4, statuses
+    assert set(statuses) <= {201, 503}, statuses
