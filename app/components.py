@@ -118,8 +118,8 @@ class AppComponents:
         # cannot span the sessions' slots).
         hub = (
             None
-            if valkey.stream_reader is None  # a cluster: a multi-key XREAD must not span slots
-            else StreamHub(events, valkey.main, valkey.stream_reader, wake_key(settings.app.instance_id))
+            if settings.valkey.cluster
+            else StreamHub(events, valkey.main, valkey.blocking, wake_key(settings.app.instance_id))
         )
         follower = EventFollower(events, lease, store, alchemy, settings.runs.ping_interval, hub=hub)
         presence = InstancePresence(

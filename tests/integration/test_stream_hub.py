@@ -27,8 +27,7 @@ from tests.servers import TestServers
 async def hub(servers: TestServers) -> AsyncIterator[StreamHub]:
     clients = ValkeyClients.from_url(servers.valkey_url, socket_timeout=2.0, connect_timeout=1.0, max_connections=50)
     events = EventLog(clients.main, clients.blocking, appender=clients.appender)
-    assert clients.stream_reader is not None
-    shared = StreamHub(events, clients.main, clients.stream_reader, wake_key(f"hub-test-{secrets.token_hex(4)}"))
+    shared = StreamHub(events, clients.main, clients.blocking, wake_key(f"hub-test-{secrets.token_hex(4)}"))
     yield shared
     await shared.aclose()
     await clients.aclose()

@@ -42,8 +42,6 @@ class ValkeyClients:
     appender: KeyGetter | None = None
     """One node only: the event appends of every run on this instance, pipelined on a connection of their own
     (see `EventLog`). A cluster appends through `main`, which routes each stream to its node."""
-    stream_reader: PipelinedGetter | None = None
-    """One node only: the `StreamHub`'s blocking XREAD of every followed stream, on a connection of its own."""
     cluster: bool = False
 
     @classmethod
@@ -85,7 +83,6 @@ class ValkeyClients:
             blocking=blocking,
             getter=PipelinedGetter(url, connect_timeout=connect_timeout),
             appender=PipelinedGetter(url, connect_timeout=connect_timeout),
-            stream_reader=PipelinedGetter(url, connect_timeout=connect_timeout),
         )
 
     async def check(self) -> dict[str, Any]:
@@ -110,9 +107,8 @@ class ValkeyClients:
 
     async def aclose(self) -> None:
         await self.getter.aclose()
-        for own in (self.appender, self.stream_reader):
-            if own is not None:
-                await own.aclose()
+        if self.appender is not None:
+            await self.appender.aclose()
         await self.main.aclose()
         await self.blocking.aclose()
 

@@ -3,9 +3,7 @@
 The hot path of the API (a cached session read) is one GET. Through valkey-py's pool each GET costs
 ~90 µs of CPU here; written straight to one shared connection and answered by a single reader task in
 order, it costs a fraction of that. The session cache's set-if-newer script (every create and update) goes the
-same way (`eval_script`). Two more instances, each on a connection of its own, carry the event appends of every
-run of the instance (`EventLog`) and the stream hub's blocking XREAD (`call`, read raw); everything else uses the
-regular client."""
+same way (`eval_script`); everything else uses the regular client."""
 
 from __future__ import annotations
 
@@ -81,7 +79,6 @@ class PipelinedGetter:
         # Commands issued in the same event-loop turn go out in one write (one syscall for many GETs).
         self._outgoing: list[bytes] = []
         self._batch: list[asyncio.Future[object]] = []
-        self._batch_extra = 0.0
         self._flush_scheduled = False
 
     async def get(self, key: str) -> bytes | None:
@@ -96,12 +93,7 @@ class PipelinedGetter:
         except NoScriptError:
             return await self._call(_command(b"EVAL", source.encode(), *parts))
 
-    async def call(self, *parts: bytes, extra: float = 0.0) -> object:
-        """Any command, its reply as libvalkey parses it (bytes, ints, lists; errors raised as valkey-py's). `extra`:
-        a blocking command's own wait, added to its bound (and to that of the commands sent with it)."""
-        return await self._call(_command(*parts), extra)
-
-    async def _call(self, command: bytes, extra: float = 0.0) -> object:
+    async def _call(self, command: bytes) -> object:
         """The reply, or valkey's `TimeoutError` after `COMMAND_TIMEOUT` (one timer per batch: an
         `asyncio.timeout` per command cost ~7 % of a cached read)."""
         writer = self._writer if self._writer is not None else await self._connect()
@@ -110,8 +102,6 @@ class PipelinedGetter:
         self._pending.append(future)
         self._outgoing.append(command)
         self._batch.append(future)
-        if extra > self._batch_extra:
-            self._batch_extra = extra
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush, writer)
@@ -124,8 +114,7 @@ class PipelinedGetter:
         self._flush_scheduled = False
         data, self._outgoing = b"".join(self._outgoing), []
         batch, self._batch = self._batch, []
-        extra, self._batch_extra = self._batch_extra, 0.0
-        asyncio.get_running_loop().call_later(timeouts.COMMAND_TIMEOUT + extra, _expire, batch)
+        asyncio.get_running_loop().call_later(timeouts.COMMAND_TIMEOUT, _expire, batch)
         if writer is self._writer and not writer.is_closing():
             writer.write(data)
 

@@ -36,7 +36,6 @@ from app.lib.valkey.client import ValkeyClient
 from app.lib.valkey.errors import VALKEY_ERRORS
 from app.lib.valkey.event_log import EventLog, LogEntry, parse_entry_id
 from app.lib.valkey.keys import scoped_key
-from app.lib.valkey.pipelined_get import PipelinedGetter
 from app.lib.valkey.timeouts import bounded
 
 logger = logging.getLogger(__name__)
@@ -61,14 +60,8 @@ def wake_key(instance_id: str) -> str:
     return scoped_key(f"instance:{instance_id}", "follow-wake")
 
 
-_READ_COUNT = str(READ_COUNT).encode()
-_BLOCK_MS = str(BLOCK_MS).encode()
-
-
-def _fields(flat: list[bytes]) -> dict[str, bytes]:
-    """An entry's `[field, value, ...]` as the dict `LogEntry` holds."""
-    it = iter(flat)
-    return {name.decode(): value for name, value in zip(it, it, strict=True)}
+def _id(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Subscription:
@@ -153,14 +146,12 @@ class StreamHub:
         self,
         events: EventLog,
         client: ValkeyClient,
-        reader: PipelinedGetter,
+        blocking_client: ValkeyClient,
         wake_key: str,
     ) -> None:
-        """`reader`: a connection of the hub's own for its XREAD BLOCK, read raw (valkey-py's reply parsing built a
-        dict per entry, then the hub another: most of the shared read's cost in a burst)."""
         self.events = events
         self._client = client
-        self._reader = reader
+        self._blocking = blocking_client
         self.wake_key = wake_key
         self._subs: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, str] = {}  # per stream: the id the shared read goes on after
@@ -252,17 +243,15 @@ class StreamHub:
                 continue
             try:
                 if self.error is not None:
-                    await self._reader.call(b"PING")
+                    async with bounded():
+                        await self._blocking.ping()
                     self.error = None
                 streams = {self.wake_key: self._wake_last, **self._cursors}
                 self._reading = dict(self._cursors)
                 self.reads += 1
                 started = loop.time()
-                reply = await self._reader.call(
-                    b"XREAD", b"COUNT", _READ_COUNT, b"BLOCK", _BLOCK_MS, b"STREAMS",
-                    *[key.encode() for key in streams], *[cursor.encode() for cursor in streams.values()],
-                    extra=BLOCK_MS / 1000,
-                )  # fmt: skip
+                async with bounded(extra=BLOCK_MS / 1000):
+                    reply = await self._blocking.xread(streams, count=READ_COUNT, block=BLOCK_MS)
             except asyncio.CancelledError:
                 raise
             except VALKEY_ERRORS as exc:
@@ -278,22 +267,20 @@ class StreamHub:
                 if wait > 0:
                     await asyncio.sleep(wait)
 
-    def _deliver(self, reply: object) -> None:
-        """`reply`: XREAD's, raw (RESP2): [[stream, [[id, [field, value, ...]], ...]], ...]."""
-        assert isinstance(reply, list)
+    def _deliver(self, reply: list[tuple[bytes | str, list[tuple[bytes, dict[bytes, bytes]]]]]) -> None:
         for raw_key, items in reply:
             if not items:
                 continue
-            key = raw_key.decode()
+            key = _id(raw_key)
             if key == self.wake_key:
-                self._wake_last = items[-1][0].decode()
+                self._wake_last = _id(items[-1][0])
                 continue
             subs = self._subs.get(key)
             if subs is None or self._cursors[key] != self._reading.get(key):
                 # Its last subscriber left while the read was in flight (and maybe a new one joined, from its own
                 # cursor): the next read starts where the stream's subscribers are now.
                 continue
-            entries = [LogEntry(eid.decode(), _fields(flat)) for eid, flat in items]
+            entries = [LogEntry(_id(eid), {k.decode(): v for k, v in f.items()}) for eid, f in items]
             self._cursors[key] = entries[-1].id
             for sub in subs:
                 sub._push(entries)
