@@ -3,7 +3,8 @@
 The hot path of the API (a cached session read) is one GET. Through valkey-py's pool each GET costs
 ~90 µs of CPU here; written straight to one shared connection and answered by a single reader task in
 order, it costs a fraction of that. The session cache's set-if-newer script (every create and update) goes the
-same way (`eval_script`); everything else uses the regular client."""
+same way (`eval_script`), and so, on a connection of their own, do the event appends of every run of the instance
+(`EventLog`); everything else uses the regular client."""
 
 from __future__ import annotations
 
